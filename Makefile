@@ -1,0 +1,41 @@
+# `make demo` and `make test` set everything up on a fresh machine with Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DATA := runs/demo_data
+DEMO_DIR := runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Stamps make the installs idempotent: pip runs again only when a requirements file changes.
+$(VENV)/.run-installed: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.run-installed
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.run-installed
+	@test -f $(DEMO_DATA)/train.csv || $(BIN)/twlv data synth --output $(DEMO_DATA)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/twlv train --config configs/demo.py --workdir $(DEMO_DIR) \
+		--config.data.path=$(DEMO_DATA)/train.csv --config.train.probe_path=$(DEMO_DATA)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -n 2 --durations=15 tests
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/data.py
+
+clean:
+	rm -rf runs

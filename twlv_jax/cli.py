@@ -1,0 +1,41 @@
+"""`twlv <verb> ...`: one command line for training, data, and checkpoints.
+
+Each verb lives in its own module with a `main(argv) -> int`; it is imported only when
+called, so `twlv --help` is instant and does not start JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> (module with main(argv), one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "train": ("twlv_jax.train.loop", "pretrain an encoder: --config FILE[:ARGS] --workdir DIR"),
+    "data": ("twlv_jax.data.cli", "video data: synth | build | prepare"),
+    "inspect": ("twlv_jax.train.inspect", "show a checkpoint's step, config, versions and params"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, VERBS))
+    lines = ["usage: twlv <verb> [args]  (twlv <verb> --help for a verb's options)", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {text}" for verb, (_, text) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from twlv_jax import __version__
+        print(f"twlv-jax {__version__}")
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"twlv: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    return module.main(rest) or 0
