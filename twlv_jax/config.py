@@ -60,7 +60,7 @@ def to_steps(value: int | float | str, *, batch_size: int,
     """Converts a duration to a whole number of steps at the given global batch size."""
     amount, unit = parse_duration(value)
     if unit == "steps":
-        return int(round(amount))
+        return round(amount)
     examples = amount
     if unit == "epochs":
         if not examples_per_epoch:
@@ -167,7 +167,7 @@ def load_module(spec: str):
 def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     """All leaf keys as dotted paths."""
     keys = []
-    for name in config.keys():
+    for name in config:
         value = config[name]
         if isinstance(value, ml_collections.ConfigDict):
             keys.extend(flat_keys(value, f"{prefix}{name}."))
@@ -185,7 +185,7 @@ def override(config: ml_collections.ConfigDict, key: str, text: str | object) ->
     """Sets the dotted `key` from a command-line string (or a Python value), type-checked."""
     *parents, leaf = key.split(".")
     node = config
-    for depth, part in enumerate(parents):
+    for part in parents:
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
             raise ConfigError(f"unknown config key {key!r}" + _suggest(key, flat_keys(config)))
         node = node[part]

@@ -1,0 +1,235 @@
+"""Encoder, heads and teachers: shapes, equivalences, parameter counts, sharding."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from twlv_jax import models
+from twlv_jax.models import posembed
+from twlv_jax.models.heads import DistillHeads, MaskedPredictor
+from twlv_jax.models.layers import Attention
+from twlv_jax.models.vit import patchify
+from twlv_jax.parallel import mesh as meshlib
+from twlv_jax.parallel import sharding
+
+TINY = dict(frames=8, image_size=32, patch=8, tubelet=2)
+
+
+def clip(batch=2, frames=8, size=32, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, frames, size, size, 3))
+
+
+def test_encoder_shapes_and_dtypes():
+    enc = models.encoder("tiny", **TINY)
+    out = enc(clip(), layers=(0, -1))
+    assert out["tokens"].shape == (2, 64, 64) and out["tokens"].dtype == jnp.float32
+    assert out["pooled"].shape == (2, 64)
+    assert sorted(out["layers"]) == [0, 1]
+    np.testing.assert_allclose(out["pooled"], out["tokens"].mean(1), rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    enc32 = models.encoder("tiny", **TINY)
+    enc16 = models.encoder("tiny", dtype="bfloat16", **TINY)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(enc16, nnx.Param)))
+    out16, out32 = enc16(clip())["tokens"], enc32(clip())["tokens"]
+    assert out16.dtype == jnp.float32
+    np.testing.assert_allclose(out16, out32, atol=0.1)
+    assert not np.allclose(out16, out32, atol=1e-6)   # bf16 matmuls really ran
+
+
+def test_visible_token_path_with_all_tokens_equals_full_forward():
+    enc = models.encoder("tiny", **TINY)
+    video = clip()
+    full = enc(video)
+    keep = jnp.tile(jnp.arange(enc.num_tokens)[None], (2, 1))
+    np.testing.assert_allclose(enc(video, keep=keep)["tokens"], full["tokens"], atol=1e-5)
+    # A permutation of the kept tokens permutes the outputs (no position leaks).
+    perm = jax.random.permutation(jax.random.key(3), enc.num_tokens)
+    out = enc(video, keep=jnp.tile(perm[None], (2, 1)))["tokens"]
+    np.testing.assert_allclose(out, full["tokens"][:, perm], atol=1e-5)
+
+
+def test_visible_subset_only_uses_those_tokens():
+    enc = models.encoder("tiny", **TINY)
+    video = clip()
+    keep = jnp.array([[0, 5, 9, 33], [1, 2, 60, 63]])
+    out = enc(video, keep=keep)
+    assert out["tokens"].shape == (2, 4, 64)
+    # Changing a pixel inside a dropped tubelet must not change anything.
+    changed = video.at[:, 0:2, 0:8, 8:16].add(5.0)     # token 1 of sample 0 (dropped there)
+    np.testing.assert_allclose(enc(changed, keep=keep)["tokens"][0], out["tokens"][0], atol=1e-6)
+
+
+def test_patchify_order():
+    video = jnp.arange(1 * 4 * 4 * 4 * 1).reshape(1, 4, 4, 4, 1)
+    p = patchify(video, 2, 2)                        # (1, 2, 2, 2, 8)
+    assert p.shape == (1, 2, 2, 2, 8)
+    # token (t=0, h=0, w=1) holds frames 0-1, rows 0-1, cols 2-3, in (t, h, w) order
+    np.testing.assert_array_equal(p[0, 0, 0, 1], [2, 3, 6, 7, 18, 19, 22, 23])
+
+
+def test_scan_and_loop_give_the_same_outputs_and_gradients():
+    scan = models.encoder("tiny", scan=True, **TINY)
+    loop = models.encoder("tiny", scan=False, **TINY)
+    remat = models.encoder("tiny", scan=True, remat="full", **TINY)
+    video = clip()
+
+    def loss(m):
+        out = m(video, layers=(0,))
+        return jnp.sum(out["tokens"] ** 2) + jnp.sum(out["layers"][0])
+
+    values = [loss(m) for m in (scan, loop, remat)]
+    grads = [nnx.grad(loss)(m) for m in (scan, loop, remat)]
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-6)
+    np.testing.assert_allclose(values[2], values[0], rtol=1e-6)
+    for g in grads[1:]:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     nnx.to_pure_dict(grads[0]), nnx.to_pure_dict(g))
+
+
+def test_drop_path_is_random_in_training_and_off_without_rng():
+    enc = models.encoder("tiny", drop_path=0.5, **TINY)
+    video = clip()
+    a = enc(video, rng=jax.random.key(1))["tokens"]
+    b = enc(video, rng=jax.random.key(2))["tokens"]
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(enc(video)["tokens"], enc(video)["tokens"])
+
+
+def test_attention_matches_reference_softmax():
+    attn = Attention(16, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    q, k, v = attn.project_qkv(x)
+    probs = jax.nn.softmax(jnp.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(8), axis=-1)
+    ref = jnp.einsum("bhqk,bkhe,hed->bqd", probs, v, attn.out[...]) + attn.out_bias[...]
+    np.testing.assert_allclose(attn(x), ref, atol=1e-5)
+    np.testing.assert_allclose(attn.cls_attention(x), probs[:, :, 0, 1:].mean(1), atol=1e-6)
+
+
+def test_videomae_qv_bias_has_no_key_bias():
+    enc = models.encoder("tiny", qkv_bias="qv", **TINY)
+    attn = nnx.to_pure_dict(nnx.state(enc, nnx.Param))["blocks"]["blocks"]["attn"]
+    assert set(attn) == {"qkv", "q_bias", "v_bias", "out", "out_bias"}
+    with pytest.raises(ValueError, match="qkv_bias must be 'all', 'qv' or 'none'"):
+        models.encoder("tiny", qkv_bias="k", **TINY)
+
+
+def test_attentive_pooler():
+    enc = models.encoder("tiny", pool="attentive", **TINY)
+    out = enc(clip())
+    assert out["pooled"].shape == (2, 64)
+    assert not np.allclose(out["pooled"], out["tokens"].mean(1))
+
+
+def test_bad_shapes_raise_clear_errors():
+    with pytest.raises(ValueError, match="do not split into 2x16x16 tubelets"):
+        models.encoder("tiny", frames=15)
+    with pytest.raises(ValueError, match="unknown model size 'XL'"):
+        models.encoder("XL")
+    enc = models.encoder("tiny", **TINY)
+    with pytest.raises(ValueError, match="video of 7 frames at 32x32 does not split"):
+        enc(clip(frames=7))
+
+
+def test_position_tables():
+    table = posembed.sincos_3d(64, (4, 3, 3))
+    assert table.shape == (4, 3, 3, 64)
+    part = 2 * math.ceil(64 / 6)                      # 22 channels per axis
+    np.testing.assert_array_equal(table[1, 0, 0, :part], table[1, 2, 2, :part])   # t part
+    np.testing.assert_array_equal(table[0, 1, 0, part:2 * part], table[3, 1, 2, part:2 * part])
+    vmae = posembed.videomae_sincos(8, (2, 2, 2))
+    np.testing.assert_allclose(vmae[0, 0, 1, :2], [np.sin(1.0), np.cos(1.0)], rtol=1e-6)
+    np.testing.assert_allclose(vmae[0, 0, 1, 2:4], [np.sin(1 / 10000 ** 0.25),
+                                                    np.cos(1 / 10000 ** 0.25)], rtol=1e-6)
+
+
+def test_position_resampling():
+    table = jnp.asarray(posembed.sincos_3d(64, (4, 6, 6)))
+    assert posembed.resample(table, (4, 6, 6)) is table
+    # Linear interpolation reproduces a linear ramp exactly away from the borders.
+    ramp = jnp.arange(8, dtype=jnp.float32)[:, None, None, None] * jnp.ones((8, 2, 2, 3))
+    up = posembed.resample(ramp, (16, 2, 2))
+    np.testing.assert_allclose(up[2:-2, 0, 0, 0], np.arange(2, 14) / 2 - 0.25, atol=1e-5)
+    # An encoder trained at 8 frames / 32 px runs on 4 frames / 48 px with resampled positions.
+    enc = models.encoder("tiny", **TINY)
+    out = enc(clip(frames=4, size=48))
+    assert out["tokens"].shape == (2, 2 * 6 * 6, 64)
+    np.testing.assert_allclose(enc.pos_table((2, 6, 6)).reshape(2, 6, 6, 64),
+                               posembed.resample(jnp.asarray(posembed.sincos_3d(64, (4, 4, 4))),
+                                                 (2, 6, 6)), atol=1e-6)
+
+
+def test_heads_shapes():
+    rngs = nnx.Rngs(0)
+    visible = jax.random.normal(jax.random.key(0), (2, 10, 64))
+    keep = jnp.tile(jnp.arange(10)[None], (2, 1))
+    targets = jnp.tile(jnp.arange(10, 64)[None], (2, 1))
+    pixel = MaskedPredictor(64, 32, 1, 1, 2 * 8 * 8 * 3, (4, 4, 4), embed_bias=False, rngs=rngs)
+    assert pixel(visible, keep, targets).shape == (2, 54, 384)
+    latent = MaskedPredictor(64, 32, 2, 2, 64, (4, 4, 4), rngs=rngs)
+    assert latent(visible, keep, targets).dtype == jnp.float32
+    heads = DistillHeads(3, 64, 32, rngs=rngs)
+    y = heads(jnp.stack([visible] * 3))
+    assert y.shape == (3, 2, 10, 32)
+    np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)      # LayerNorm at init
+
+
+def test_image_teacher_features():
+    teacher = models.image_teacher("tiny")
+    images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+    out = teacher.features(images, num_layers=2)
+    assert out["layers"].shape == (2, 3, 16, 32)
+    assert out["embedding"].shape == (3, 32)
+    attn = out["cls_attention"]
+    assert attn.shape == (3, 16) and bool(jnp.all(attn > 0)) and bool(jnp.all(attn.sum(-1) < 1))
+    # A resolution the teacher was not trained at uses resampled positions.
+    assert teacher.features(jnp.zeros((1, 48, 48, 3)), 1)["layers"].shape == (1, 1, 36, 32)
+
+
+def test_parameter_counts():
+    counts = {name: models.count_params(nnx.eval_shape(lambda n=name: models.encoder(n)))
+              for name in ("B", "L", "H")}
+    assert counts["B"] == 86_236_416 and abs(counts["B"] / 86e6 - 1) < 0.01
+    assert abs(counts["H"] / 632e6 - 1) < 0.01
+    # The standard ViT-L the ViT paper labels "307M": 303.9M counted here (1.0% lower).
+    assert counts["L"] == 303_885_312 and abs(counts["L"] / 307e6 - 1) < 0.0102
+    assert models.count_params(nnx.eval_shape(lambda: models.image_teacher("clip_b16"))) == 86_192_640
+
+
+def test_fsdp_mesh_shards_large_kernels_as_annotated():
+    mesh = meshlib.make_mesh("1,-1,1")
+    abstract = nnx.eval_shape(lambda: models.encoder("tiny", **TINY))
+    params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(abstract, nnx.Param)))
+    shardings = sharding.param_shardings(params, specs, mesh, "fsdp")
+    init = jax.jit(lambda: nnx.to_pure_dict(nnx.state(models.encoder("tiny", **TINY), nnx.Param)),
+                   out_shardings=shardings)
+    state = init()
+    blocks = state["blocks"]["blocks"]
+    shard_shape = lambda a: a.addressable_shards[0].data.shape
+    assert shard_shape(blocks["mlp"]["fc1"]["kernel"]) == (2, 8, 256)        # (layers, embed/8, mlp)
+    assert shard_shape(blocks["mlp"]["fc2"]["kernel"]) == (2, 256, 8)
+    assert shard_shape(blocks["attn"]["qkv"]) == (2, 8, 3, 2, 32)
+    assert shard_shape(blocks["attn"]["out"]) == (2, 2, 32, 8)
+    assert shard_shape(state["patch_embed"]["kernel"]) == (384, 8)
+    assert sharding.unsharded_fraction(params, shardings) < 0.02
+    # fsdp_tp on a (1, 4, 2) mesh: mlp and heads over `tensor` as well.
+    mesh_tp = meshlib.make_mesh("1,4,2")
+    tp = sharding.param_shardings(params, specs, mesh_tp, "fsdp_tp")
+    assert tp["blocks"]["blocks"]["mlp"]["fc1"]["kernel"].spec == jax.sharding.PartitionSpec(
+        None, "fsdp", "tensor")
+    assert tp["blocks"]["blocks"]["attn"]["qkv"].spec == jax.sharding.PartitionSpec(
+        None, "fsdp", None, "tensor")
+
+
+def test_indivisible_dimension_stays_replicated():
+    mesh = meshlib.make_mesh("1,-1,1")
+    spec = sharding.logical_to_spec(("embed", "mlp"), (12, 64), mesh, "fsdp")
+    assert spec == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match="unknown rules 'zero3'"):
+        sharding.logical_to_spec(("embed",), (16,), mesh, "zero3")
