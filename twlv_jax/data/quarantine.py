@@ -1,0 +1,82 @@
+"""Bad-file accounting: count per reason, log each file once, list it, stop past a fraction."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_HEADER = ("path", "reason", "detail")
+
+
+class TooManyBadFiles(RuntimeError):
+    """More of the data is unreadable than `data.max_bad_fraction` allows."""
+
+
+class Quarantine:
+    """Skipped files of one process: counts per reason, a log line and a CSV row per file.
+
+    `total` is the number of files this process reads (its slice of the source); once more
+    than `max_fraction` of them are bad, `add` raises TooManyBadFiles.
+    """
+
+    def __init__(self, path: str | None, *, total: int, max_fraction: float):
+        self.path, self.total, self.max_fraction = path, total, max_fraction
+        self.files: dict[str, str] = {}   # name -> reason
+        self.skips = 0                    # every skip, counting repeats in later epochs
+        self._listed = self._read_listed()
+
+    def _read_listed(self) -> set[str]:
+        if not self.path or not os.path.isfile(self.path):
+            return set()
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return {row["path"] for row in csv.DictReader(f) if row.get("path")}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Distinct bad files per reason."""
+        return dict(Counter(self.files.values()))
+
+    def add(self, name: str, reason: str, detail: str) -> None:
+        """Records one skipped file (logged and listed the first time it is seen)."""
+        self.skips += 1
+        if name in self.files:
+            return
+        self.files[name] = reason
+        log.warning("skipping a bad file (%s): %s", reason, detail)
+        self._append(name, reason, detail)
+        if len(self.files) > self.max_fraction * self.total:
+            raise TooManyBadFiles(self.summary(stopped=True))
+
+    def _append(self, name: str, reason: str, detail: str) -> None:
+        if not self.path or name in self._listed:
+            return
+        new_file = not os.path.isfile(self.path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(QUARANTINE_HEADER)
+            writer.writerow((name, reason, detail))
+        self._listed.add(name)
+
+    def summary(self, stopped: bool = False) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none"
+        text = (f"{len(self.files)} of {self.total} files unreadable "
+                f"({len(self.files) / max(self.total, 1):.1%}; by reason: {counts}); "
+                f"list: {self.path or 'not written (no quarantine path)'}")
+        if stopped:
+            text = (f"stopping: {text}, more than data.max_bad_fraction={self.max_fraction}. "
+                    "Fix or remove these files (`twlv data prepare` validates a collection), "
+                    "or raise data.max_bad_fraction")
+        return text
+
+    def get_state(self) -> dict:
+        return {"files": dict(self.files), "skips": self.skips}
+
+    def set_state(self, state: dict) -> None:
+        self.files = dict(state["files"])
+        self.skips = int(state["skips"])
