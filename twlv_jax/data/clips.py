@@ -1,0 +1,102 @@
+"""Records -> uint8 clips: training clips (random) and evaluation clips (deterministic)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from twlv_jax.data import sampling, transforms
+from twlv_jax.data.transforms import Geometry
+from twlv_jax.data.video import BadVideo, VideoInfo, VideoReader, image_array_clip
+
+
+def _window(record: dict, info: VideoInfo) -> tuple[int, int]:
+    """(first grid frame, frame count) of the record's start/end window."""
+    first, count = sampling.frame_range(info.num_frames, info.fps, record["start"], record["end"])
+    if count == 0:
+        raise BadVideo("empty_window", f"{record['name']}: start={record['start']} "
+                                       f"end={record['end']} hold no frame of a "
+                                       f"{info.duration:.2f} s video")
+    return first, count
+
+
+def _open(record: dict) -> VideoReader:
+    source = record["data"] if record["data"] is not None else record["path"]
+    return VideoReader(source, name=record["name"])
+
+
+def read_train_clip(record: dict, rng: np.random.Generator, *, frames: int, image_size: int,
+                    stride: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float],
+                    short_video: str) -> np.ndarray:
+    """A random training clip: `frames` frames at `stride` from a random start, one random
+    resized crop for the whole clip -> uint8 (frames, image_size, image_size, 3).
+
+    Images give the same frame `frames` times. Raises BadVideo.
+    """
+    plan = functools.partial(transforms.random_resized_crop, rng=rng, size=image_size,
+                             scale=crop_scale, ratio=crop_ratio)
+    if record["array"] is not None:
+        return image_array_clip(record["array"], frames, plan)
+    with _open(record) as video:
+        if record["is_image"] or video.info.is_image:
+            return video.frames_at(np.zeros(frames), plan)
+        first, count = _window(record, video.info)
+        indices = sampling.train_indices(rng, count, frames, stride, short_video)
+        return video.frames_at(sampling.indices_to_times(first, indices, video.info.fps), plan)
+
+
+@dataclass
+class EvalClips:
+    """One video read for evaluation: clips and what is needed to write results."""
+
+    video: np.ndarray        # uint8 (clips, frames, size, size, 3)
+    starts: np.ndarray       # float64 (clips,) seconds from the start of the video
+    ends: np.ndarray         # float64 (clips,)
+    num_frames: int          # frames in the whole video
+    duration: float          # seconds of the whole video
+
+
+def _clip_indices(info: VideoInfo, start: float, end: float, frames: int) -> np.ndarray:
+    """Grid indices of `frames` frames evenly spread over [start, end) seconds."""
+    first, count = sampling.frame_range(info.num_frames, info.fps, start, end)
+    if count == 0:  # a window shorter than one frame: the frame on screen at its start
+        first, count = min(first, info.num_frames - 1), 1
+    return first + sampling.uniform_indices(count, frames)
+
+
+def read_eval_clips(record: dict, *, frames: int, image_size: int, mode: str = "uniform",
+                    clip_seconds: float = 2.0, clip_stride: float | None = None) -> EvalClips:
+    """Deterministic clips, short side resized to `image_size` and centre-cropped.
+
+    mode 'uniform': one clip of `frames` frames evenly spread over the whole video (or
+    its start/end window). mode 'multi-clip': clips of `clip_seconds` every `clip_stride`
+    seconds (default: back to back), `frames` frames evenly spread over each.
+    """
+    plan: Callable[[int, int], Geometry] = functools.partial(transforms.center_crop,
+                                                             size=image_size)
+    if record["array"] is not None:
+        one = image_array_clip(record["array"], frames, plan)[None]  # (1, T, S, S, 3)
+        return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)
+    with _open(record) as video:
+        info = video.info
+        if record["is_image"] or info.is_image:
+            one = video.frames_at(np.zeros(frames), plan)[None]  # (1, T, S, S, 3)
+            return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)
+        first, count = _window(record, info)
+        begin, finish = first / info.fps, (first + count) / info.fps
+        if mode == "uniform":
+            windows = [(begin, finish)]
+        elif mode == "multi-clip":
+            windows = [(begin + a, begin + b) for a, b in sampling.multi_clip_windows(
+                finish - begin, clip_seconds, clip_stride or clip_seconds)]
+        else:
+            raise ValueError(f"evaluation sampling: expected 'uniform' or 'multi-clip', "
+                             f"got {mode!r}")
+        indices = np.concatenate([_clip_indices(info, a, b, frames) for a, b in windows])
+        video_clips = video.frames_at(indices / info.fps, plan)  # (clips * T, S, S, 3)
+        video_clips = video_clips.reshape(len(windows), frames, *video_clips.shape[1:])
+        starts, ends = np.array(windows, np.float64).T
+        return EvalClips(video_clips, starts, ends, info.num_frames, info.duration)
