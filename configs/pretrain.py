@@ -106,15 +106,18 @@ def get_config(arg=None):
     ))
 
     c.data = ConfigDict(dict(
-        source="manifest",          # manifest | tfds | images | mixture
-        path="",                    # manifest file, TFDS dir, image folder, or mixture spec
-        split="train",
+        source="manifest",          # manifest | tfds | images | mixture (docs/data.md)
+        path="",                    # manifest file or folder, TFDS dir, image folder, or
+                                    # mixture spec 'manifest:a.csv@0.7,images:dir@0.3'
+        split="train",              # TFDS split, or which manifest of a folder (train.csv)
         stride=4,                   # frame stride of training clips
-        crop_scale=(0.3, 1.0),
-        crop_ratio=(0.75, 1.35),
+        crop_scale=(0.3, 1.0),      # random resized crop: share of the frame's area
+        crop_ratio=(0.75, 1.35),    # random resized crop: aspect ratio (w / h) range
         flip=False,                 # off: labels may carry direction
-        short_video="loop",         # loop | pad
-        workers=2,                  # Grain worker processes; fixed across resumes
+        short_video="loop",         # loop | pad: videos shorter than a clip's span
+        workers=2,                  # Grain worker processes (0: decode in the main one)
+        read_threads=1,             # decoding threads in each process
+        prefetch=8,                 # clips each process decodes ahead
         max_bad_fraction=0.01,      # stop when more of the videos than this are unreadable
     ))
     return c
