@@ -79,9 +79,9 @@ class Manifest:
 
 
 def _parse_int(value, where: str, key: str) -> int:
-    if isinstance(value, bool) or value is None or value == "":
+    if value is None or value == "":
         raise ManifestError(f"{where}: {key} is empty; expected an integer class index")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
         try:

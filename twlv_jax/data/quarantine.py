@@ -28,6 +28,8 @@ class Quarantine:
         self.files: dict[str, str] = {}   # name -> reason
         self.skips = 0                    # every skip, counting repeats in later epochs
         self._listed = self._read_listed()
+        if path and not os.path.isfile(path):  # an empty list says: nothing bad so far
+            self._write_rows([QUARANTINE_HEADER])
 
     def _read_listed(self) -> set[str]:
         if not self.path or not os.path.isfile(self.path):
@@ -52,16 +54,14 @@ class Quarantine:
             raise TooManyBadFiles(self.summary(stopped=True))
 
     def _append(self, name: str, reason: str, detail: str) -> None:
-        if not self.path or name in self._listed:
-            return
-        new_file = not os.path.isfile(self.path)
+        if self.path and name not in self._listed:
+            self._write_rows([(name, reason, detail)])
+            self._listed.add(name)
+
+    def _write_rows(self, rows) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(QUARANTINE_HEADER)
-            writer.writerow((name, reason, detail))
-        self._listed.add(name)
+            csv.writer(f).writerows(rows)
 
     def summary(self, stopped: bool = False) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none"

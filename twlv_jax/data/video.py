@@ -264,31 +264,34 @@ class VideoReader:
         return frame.height, width
 
     def _frames_for(self, targets: np.ndarray) -> Iterator[av.VideoFrame]:
-        """For each sorted target time, the frame on screen at that time."""
-        tolerance = 0.5 / self.info.fps
+        """For each sorted target time, the frame whose timestamp is nearest (ties: the
+        earlier one), which is robust both to variable frame rates and to jitter."""
         decoded: Iterator[tuple[float, av.VideoFrame]] | None = None
         current = upcoming = None  # (time, frame): last one at or before the target, next one
         for target in targets:
             position = (upcoming or current or (None,))[0]
             if decoded is None or self._worth_seeking(position, target):
-                decoded, current, upcoming = self._decode_from(target, tolerance), None, None
+                decoded, current, upcoming = self._decode_from(target), None, None
             while True:
                 if upcoming is None:
                     upcoming = next(decoded, None)
                     if upcoming is None:
                         break  # end of stream
-                if upcoming[0] > target + tolerance:
+                if upcoming[0] > target:
                     break
                 current, upcoming = upcoming, None
             if current is None:
                 if upcoming is None:
                     raise BadVideo("corrupt", f"{self.name}: no frame decodes at {target:.2f} s")
-                current, upcoming = upcoming, None  # the video starts after the target
+                yield upcoming[1]  # the video starts after the target
+            elif upcoming is not None and upcoming[0] - target < target - current[0]:
+                yield upcoming[1]
             elif upcoming is None and target - current[0] > 1.0 + 2 / self.info.fps:
                 raise BadVideo("truncated", f"{self.name}: frames end at {current[0]:.2f} s, "
                                             f"a frame at {target:.2f} s was needed "
                                             f"(header: {self.info.duration:.2f} s)")
-            yield current[1]
+            else:
+                yield current[1]
 
     def _worth_seeking(self, position: float | None, target: float) -> bool:
         """Seek when a keyframe between the decoder's position and the target lets us skip
@@ -308,15 +311,14 @@ class VideoReader:
                                for e in self._stream.index_entries if e.is_keyframe]
         return self._keyframes
 
-    def _decode_from(self, target: float,
-                     tolerance: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    def _decode_from(self, target: float) -> Iterator[tuple[float, av.VideoFrame]]:
         """Decoded (time, frame) pairs from the keyframe at or before `target`."""
         if self._decoded_any or target > _SEEK_MARGIN:
             self._seek(target)
         self._decoded_any = True
         frames = self._decode()
         first = next(frames, None)
-        if first is not None and first[0] > target + tolerance and target > 0:
+        if first is not None and first[0] > target + 0.5 / self.info.fps and target > 0:
             self._seek(0.0)  # the seek overshot (a bad index): decode from the start
             frames = self._decode()
             first = next(frames, None)
