@@ -52,7 +52,7 @@ def get_config(arg=None):
             kind=config_dict.placeholder(str),     # tube | random | multiblock3d | attention
             ratio=config_dict.placeholder(float),
         )),
-        distill=ConfigDict(dict(weight=config_dict.placeholder(float), layers=6)),
+        distill=ConfigDict(dict(weight=config_dict.placeholder(float), layers=2 if tiny else 6)),
         pixel=ConfigDict(dict(
             weight=config_dict.placeholder(float),
             decoder_width=0,                       # 0: VideoMAE's width for the variant
@@ -69,8 +69,10 @@ def get_config(arg=None):
         )),
         video_teacher=ConfigDict(dict(
             weight=config_dict.placeholder(float),
-            layers=4,
+            layers=2 if tiny else 4,
             variant="",                            # an encoder size, e.g. B
+            qkv_bias="qv",                         # its layout; VideoMAE: qv and sincos1d
+            pos_embed="sincos1d",
             weights="",                            # local file
         )),
     ))

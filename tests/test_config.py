@@ -34,6 +34,8 @@ def test_override_types_follow_the_field():
     assert c.train.batch_size == 64 and isinstance(c.train.batch_size, int)
     assert c.model.scan is False
     assert c.data.crop_scale == (0.5, 1.0)
+    c = cfglib.build(PRETRAIN, [("mesh.shape", "2,2,2"), ("data.path", "123")])
+    assert c.mesh.shape == "2,2,2" and c.data.path == "123"
 
 
 def test_int_field_accepts_float_literal_written_as_integer():

@@ -191,8 +191,11 @@ def override(config: ml_collections.ConfigDict, key: str, text: str | object) ->
         node = node[part]
     if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigError(f"unknown config key {key!r}" + _suggest(key, flat_keys(config)))
-    value = _parse_literal(text) if isinstance(text, str) else text
     current = node[leaf]
+    if isinstance(current, str) and isinstance(text, str):
+        node[leaf] = text           # string fields take the text as written ('1,-1,1')
+        return
+    value = _parse_literal(text) if isinstance(text, str) else text
     field = node.get_ref(leaf) if hasattr(node, "get_ref") else None
     if field is not None and field.get_type() is object:
         node[leaf] = value          # durations and other free-typed fields

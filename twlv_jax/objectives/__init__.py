@@ -1,0 +1,1 @@
+"""Pretraining objectives: masking, the reconstruction targets, and their weighted sum."""

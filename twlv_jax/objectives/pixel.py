@@ -1,0 +1,57 @@
+"""VideoMAE's pixel target: per-tubelet normalised pixels of masked tokens, MSE.
+
+Optional decoder masking (VideoMAEv2): only a random share of the masked tokens is
+reconstructed, which makes the decoder cheaper.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from twlv_jax.models.heads import MaskedPredictor
+from twlv_jax.models.vit import patchify
+
+
+def pixel_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool) -> jax.Array:
+    """(B, T, H, W, 3) in [0, 1] -> (B, N, t*p*p*3), each tubelet normalised per channel by its
+    own mean and unbiased std (VideoMAE's `normlize_target`)."""
+    b = video01.shape[0]
+    x = patchify(video01.astype(jnp.float32), tubelet, patch)
+    x = x.reshape(b, -1, tubelet * patch * patch, 3)               # (B, N, t*p*p, 3)
+    if normalize:
+        mean = x.mean(axis=2, keepdims=True)
+        var = x.var(axis=2, keepdims=True, ddof=1)
+        x = (x - mean) / (jnp.sqrt(var) + 1e-6)
+    return x.reshape(b, x.shape[1], -1)
+
+
+def decoder_targets(rng, masked: jax.Array, ratio: float) -> jax.Array:
+    """A random (1 - ratio) share of each sample's masked tokens: (B, M) -> (B, M')."""
+    if ratio <= 0:
+        return masked
+    count = masked.shape[1] - int(ratio * masked.shape[1])
+    order = jnp.argsort(jax.random.uniform(rng, masked.shape), axis=1)[:, :count]
+    return jnp.sort(jnp.take_along_axis(masked, order, axis=1), axis=1)
+
+
+class PixelTarget(nnx.Module):
+    def __init__(self, student_dim: int, width: int, depth: int, heads: int,
+                 grid: tuple[int, int, int], tubelet: int, patch: int, *,
+                 decoder_mask_ratio: float = 0.0, norm_pix: bool = True, pos_embed: str,
+                 dtype, scan: bool, remat: str, attention: str | None, rngs: nnx.Rngs):
+        self.decoder = MaskedPredictor(student_dim, width, depth, heads, tubelet * patch * patch * 3,
+                                       grid, embed_bias=False, pos_embed=pos_embed, dtype=dtype,
+                                       scan=scan, remat=remat, attention=attention, rngs=rngs)
+        self.tubelet, self.patch = tubelet, patch
+        self.decoder_mask_ratio, self.norm_pix = decoder_mask_ratio, norm_pix
+
+    def loss(self, tokens: jax.Array, keep: jax.Array, masked: jax.Array, video01: jax.Array,
+             rng: jax.Array, grid) -> jax.Array:
+        """tokens (B, K, D) of the visible tokens; video01 the clip in [0, 1]."""
+        targets = decoder_targets(rng, masked, self.decoder_mask_ratio)
+        prediction = self.decoder(tokens, keep, targets, grid)
+        pixels = pixel_targets(video01, self.tubelet, self.patch, self.norm_pix)
+        pixels = jnp.take_along_axis(pixels, targets[..., None], axis=1)     # (B, M', t*p*p*3)
+        return jnp.mean(jnp.square(prediction - jax.lax.stop_gradient(pixels)))

@@ -1,0 +1,1 @@
+"""Training: optimizer, state and sharded step, checkpoints, metrics, and the loop."""

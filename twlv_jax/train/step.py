@@ -1,0 +1,79 @@
+"""The sharded train step: hybrid loss, gradients, AdamW update, EMA, metrics."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from twlv_jax.objectives import hybrid
+from twlv_jax.objectives.latent import ema_momentum, ema_update
+from twlv_jax.parallel.mesh import batch_sharding, replicated
+from twlv_jax.parallel.sharding import use_rules
+from twlv_jax.train.state import Setup
+
+
+def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array):
+    """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
+    ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
+
+    def loss_fn(params):
+        model = nnx.merge(setup.model_def, params)
+        terms = hybrid.losses(model, frozen, ema, video, rng, setup.objective, setup.config)
+        return hybrid.total(terms, setup.objective), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    return loss, terms, grads
+
+
+def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array):
+    """One optimizer step. Returns (new state, metrics)."""
+    loss, terms, grads = loss_and_grads(setup, state, teachers, video)
+    updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
+    metrics = {"loss": loss, **{f"loss/{name}": value for name, value in terms.items()},
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+               "update_norm": optax.tree.norm(updates), "lr": setup.lr(state["step"])}
+    if "ema" in state:
+        latent = setup.config.objective.latent
+        momentum = ema_momentum(state["step"], setup.total_steps, latent.ema_start, latent.ema_end)
+        new_state["ema"] = ema_update(state["ema"], params["student"], momentum)
+        metrics["ema_momentum"] = momentum
+    return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+
+class Sharded:
+    """A jitted function with explicit shardings, traced under the run's logical axis rules."""
+
+    def __init__(self, setup: Setup, fn, out_shardings, donate_argnums=()):
+        self.mesh, self.rules = setup.mesh, setup.config.mesh.rules
+        self.jitted = jax.jit(functools.partial(fn, setup),
+                              in_shardings=(setup.state_shardings, setup.teacher_shardings,
+                                            batch_sharding(self.mesh)),
+                              out_shardings=out_shardings, donate_argnums=donate_argnums)
+
+    def __call__(self, state, teachers, video):
+        with use_rules(self.mesh, self.rules):
+            return self.jitted(state, teachers, video)
+
+    def lower(self, state, teachers, video):
+        with use_rules(self.mesh, self.rules):
+            return self.jitted.lower(state, teachers, video)
+
+
+def compile_step(setup: Setup) -> Sharded:
+    """f(state, teachers, video) -> (state, metrics); the state is donated."""
+    return Sharded(setup, train_step, (setup.state_shardings, replicated(setup.mesh)),
+                   donate_argnums=0)
+
+
+def compile_grads(setup: Setup) -> Sharded:
+    """f(state, teachers, video) -> (loss, terms, grads), without an update."""
+    rep = replicated(setup.mesh)
+    return Sharded(setup, loss_and_grads, (rep, rep, setup.state_shardings["params"]))
