@@ -311,3 +311,65 @@ def test_to_global_shards_the_batch_over_the_mesh(videos):
     assert len(arrays["video"].addressable_shards) == 8
     np.testing.assert_array_equal(np.asarray(arrays["video"]), batch["video"])
     np.testing.assert_array_equal(np.asarray(arrays["label"]), batch["label"])
+
+
+TWO_PROCESS_SCRIPT = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+port, index, manifest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=index)
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+from twlv_jax.data import pipeline
+
+cfg = ml_collections.ConfigDict(dict(
+    source="manifest", path=manifest, split="train", stride=2, crop_scale=(0.3, 1.0),
+    crop_ratio=(0.75, 1.35), flip=False, short_video="loop", workers=0, max_bad_fraction=0.5))
+iterator, info = pipeline.make_train_iterator(
+    cfg, frames=4, image_size=16, global_batch_size=4, seed=0,
+    process_index=jax.process_index(), process_count=jax.process_count(), quarantine_path=None)
+sharding = NamedSharding(jax.make_mesh((4,), ("data",)), PartitionSpec("data"))
+local = [next(iterator) for _ in range(3)]  # 6 clips: one epoch of this process's slice
+arrays = [pipeline.to_global(batch, sharding) for batch in local]
+gathered = [multihost_utils.process_allgather(a["label"], tiled=True) for a in arrays]
+print(json.dumps({
+    "local": [int(x) for b in local for x in b["label"]],
+    "shape": list(arrays[0]["video"].shape),
+    "gathered": [int(x) for g in gathered for x in g],
+    "num_examples": info.num_examples}))
+"""
+
+
+def test_two_real_processes_read_disjoint_halves_into_one_global_batch(videos):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_SCRIPT, str(port), str(i),
+                              videos["manifest"]], cwd=repo, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(2)]
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err[-2000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = outputs
+    assert first["shape"] == second["shape"] == [4, 4, 16, 16, 3]
+    assert first["num_examples"] == second["num_examples"] == 12
+    assert sorted(first["local"] + second["local"]) == list(range(12))  # disjoint, complete
+    assert first["gathered"] == second["gathered"]
+    for step in range(3):  # the global batch is process 0's clips, then process 1's
+        assert first["gathered"][4 * step:4 * step + 4] == (
+            first["local"][2 * step:2 * step + 2] + second["local"][2 * step:2 * step + 2])

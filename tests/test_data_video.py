@@ -11,6 +11,7 @@ from test_data_corpus import counter_frames, frame_numbers, write_counter_video
 
 from twlv_jax.data import transforms
 from twlv_jax.data.encode import VideoWriter, write_video
+from twlv_jax.data.synthetic import render_video
 from twlv_jax.data.video import VideoReader, image_array_clip
 
 FULL = lambda h, w: transforms.Geometry(h, w, 0, 0, h, w)
@@ -31,6 +32,19 @@ def test_frames_at_equals_sequential_decoding_in_any_order(tmp_path, gop):
     for row, index in enumerate(wanted):
         np.testing.assert_array_equal(got[row], reference[index])
     assert frame_numbers(got) == wanted.tolist()
+
+
+def test_skipping_unneeded_b_frames_leaves_the_wanted_frames_exact(tmp_path):
+    frames = render_video(np.random.default_rng(0), 4, 2, frames=48, size=64, distractors=3)
+    path = write_video(str(tmp_path / "shapes.mp4"), frames, fps=16, gop=16, crf=23)
+    with av.open(path) as container:
+        pts = [p.pts for p in container.demux(video=0) if p.pts is not None]
+    assert pts != sorted(pts)  # B-frames: decode order differs from display order
+    reference = decode_all(path)
+    wanted = np.array([1, 5, 9, 13, 30, 34, 47])
+    with VideoReader(path) as reader:
+        got = reader.frames_at(wanted / 16, FULL)
+    np.testing.assert_array_equal(got, reference[wanted])
 
 
 def test_info_reports_frames_fps_duration_and_size(tmp_path):

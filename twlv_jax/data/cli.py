@@ -82,8 +82,9 @@ def _synth(args) -> None:
     with _progress(options.train + options.val, "video", "synth") as bar:
         written = write_synthetic(args.output, options, workers=args.workers,
                                   progress=bar.update)
-    print(f"wrote {written['videos']}/, {written['train']} ({options.train} rows), "
-          f"{written['val']} ({options.val} rows), {written['classes']}")
+    manifests = ", ".join(f"{written[split]} ({count} rows)" for split, count in
+                          (("train", options.train), ("val", options.val)) if split in written)
+    print(f"wrote {written['videos']}/, {manifests}, {written['classes']}")
 
 
 def _build(args) -> None:

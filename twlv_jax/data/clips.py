@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import av
 import numpy as np
 
 from twlv_jax.data import sampling, transforms
@@ -28,6 +30,19 @@ def _open(record: dict) -> VideoReader:
     return VideoReader(source, name=record["name"])
 
 
+@contextlib.contextmanager
+def _as_bad_video(name: str):
+    """FFmpeg and OS errors that escape the reader's own checks become BadVideo too."""
+    try:
+        yield
+    except BadVideo:
+        raise
+    except av.FFmpegError as error:
+        raise BadVideo("corrupt", f"{name}: {error}") from None
+    except OSError as error:
+        raise BadVideo("unreadable", f"{name}: {error}") from None
+
+
 def read_train_clip(record: dict, rng: np.random.Generator, *, frames: int, image_size: int,
                     stride: int, crop_scale: tuple[float, float], crop_ratio: tuple[float, float],
                     short_video: str) -> np.ndarray:
@@ -39,8 +54,8 @@ def read_train_clip(record: dict, rng: np.random.Generator, *, frames: int, imag
     plan = functools.partial(transforms.random_resized_crop, rng=rng, size=image_size,
                              scale=crop_scale, ratio=crop_ratio)
     if record["array"] is not None:
-        return image_array_clip(record["array"], frames, plan)
-    with _open(record) as video:
+        return image_array_clip(record["array"], frames, plan, record["name"])
+    with _as_bad_video(record["name"]), _open(record) as video:
         if record["is_image"] or video.info.is_image:
             return video.frames_at(np.zeros(frames), plan)
         first, count = _window(record, video.info)
@@ -78,9 +93,9 @@ def read_eval_clips(record: dict, *, frames: int, image_size: int, mode: str = "
     plan: Callable[[int, int], Geometry] = functools.partial(transforms.center_crop,
                                                              size=image_size)
     if record["array"] is not None:
-        one = image_array_clip(record["array"], frames, plan)[None]  # (1, T, S, S, 3)
-        return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)
-    with _open(record) as video:
+        one = image_array_clip(record["array"], frames, plan, record["name"])[None]
+        return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)  # video (1, T, S, S, 3)
+    with _as_bad_video(record["name"]), _open(record) as video:
         info = video.info
         if record["is_image"] or info.is_image:
             one = video.frames_at(np.zeros(frames), plan)[None]  # (1, T, S, S, 3)

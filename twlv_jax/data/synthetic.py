@@ -102,10 +102,25 @@ def render_video(rng: np.random.Generator, appearance: int, motion: int, *, fram
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
+def _check(options: SynthOptions) -> None:
+    problems = [text for ok, text in (
+        (options.train >= 1, f"train must be >= 1 video, got {options.train}"),
+        (options.val >= 0, f"val must be >= 0 videos, got {options.val}"),
+        (options.frames >= 2, f"frames must be >= 2, got {options.frames}"),
+        (options.size >= 16 and options.size % 2 == 0,
+         f"size must be an even number of pixels >= 16, got {options.size}"),
+        (options.fps > 0, f"fps must be positive, got {options.fps}"),
+        (options.distractors >= 0, f"distractors must be >= 0, got {options.distractors}"),
+    ) if not ok]
+    if problems:
+        raise ValueError("synthetic set: " + "; ".join(problems))
+
+
 def _labels(rng: np.random.Generator, count: int) -> list[tuple[int, int]]:
     """Balanced (appearance, motion) pairs: every combination once per block of 72."""
     combos = len(APPEARANCES) * len(DIRECTIONS)
-    order = np.concatenate([rng.permutation(combos) for _ in range(-(-count // combos))])
+    order = np.concatenate([rng.permutation(combos) for _ in range(-(-count // combos))]
+                           or [np.zeros(0, np.int64)])
     return [(int(c) // len(DIRECTIONS), int(c) % len(DIRECTIONS)) for c in order[:count]]
 
 
@@ -124,9 +139,10 @@ def _write_one(job: tuple) -> dict:
 
 def write_synthetic(output: str, options: SynthOptions | None = None, *, workers: int = 1,
                     progress: Callable[[int], None] | None = None) -> dict[str, str]:
-    """Writes videos under output/videos/{train,val}/, then train.csv, val.csv and
-    classes.json in `output`. Returns {name: path} of what was written."""
+    """Writes videos under output/videos/{train,val}/, then train.csv, val.csv (when val
+    > 0) and classes.json in `output`. Returns {name: path} of what was written."""
     options = options or SynthOptions()
+    _check(options)
     jobs = []
     for split_id, (split, count) in enumerate((("train", options.train), ("val", options.val))):
         rng = np.random.default_rng([options.seed, split_id])
@@ -141,7 +157,7 @@ def write_synthetic(output: str, options: SynthOptions | None = None, *, workers
         if progress:
             progress(1)
     written = {split: write_manifest(os.path.join(output, f"{split}.csv"), rows[split])
-               for split in rows}
+               for split in rows if rows[split]}
     classes = os.path.join(output, "classes.json")
     with open(classes, "w") as f:
         json.dump({"label": list(APPEARANCES), "label_appearance": list(APPEARANCES),

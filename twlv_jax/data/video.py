@@ -11,12 +11,14 @@ from __future__ import annotations
 import bisect
 import io
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from twlv_jax.data.transforms import Geometry
 
@@ -104,6 +106,17 @@ def _display_rotation(degrees: float) -> int:
     return round(degrees / 90.0) % 4 * 90
 
 
+_local = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """One libswscale context cache per thread. PyAV's default (a new one per frame, with
+    automatic threads) costs more than the conversion itself."""
+    if not hasattr(_local, "reformatter"):
+        _local.reformatter = VideoReformatter()
+    return _local.reformatter
+
+
 def convert_frame(frame: av.VideoFrame, geometry: Geometry, rotation: int = 0) -> np.ndarray:
     """One decoded frame -> uint8 RGB (geometry.height, geometry.width, 3), rotated upright.
 
@@ -114,20 +127,27 @@ def convert_frame(frame: av.VideoFrame, geometry: Geometry, rotation: int = 0) -
         coded_w, coded_h = geometry.resize_h, geometry.resize_w
     else:
         coded_w, coded_h = geometry.resize_w, geometry.resize_h
-    rgb = frame.to_ndarray(width=coded_w, height=coded_h, format="rgb24")  # (h, w, 3) coded
+    rgb = _reformatter().reformat(frame, width=coded_w, height=coded_h, format="rgb24",
+                                  threads=1).to_ndarray()  # (h, w, 3) coded
     if quarter_turns:
         rgb = np.rot90(rgb, quarter_turns)  # (H, W, 3) display
     return rgb[geometry.top:geometry.top + geometry.height,
                geometry.left:geometry.left + geometry.width]
 
 
-def image_array_clip(image: np.ndarray, frames: int,
-                     plan: Callable[[int, int], Geometry]) -> np.ndarray:
-    """A decoded image (H, W, 3) or (H, W) uint8 repeated into a clip (frames, h, w, 3)."""
-    image = np.ascontiguousarray(image)
+def image_array_clip(image: np.ndarray, frames: int, plan: Callable[[int, int], Geometry],
+                     name: str = "<array>") -> np.ndarray:
+    """A decoded image (H, W, 3|4|1) or (H, W) uint8 repeated into a clip (frames, h, w, 3)."""
+    image = np.asarray(image, dtype=np.uint8)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]  # (H, W)
-    frame = av.VideoFrame.from_ndarray(image, format="gray" if image.ndim == 2 else "rgb24")
+    elif image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]  # (H, W, 3): alpha dropped
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)) or 0 in image.shape:
+        raise BadVideo("corrupt", f"{name}: an image array of shape {image.shape}; "
+                                  "expected (H, W, 3) or (H, W)")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image),
+                                       format="gray" if image.ndim == 2 else "rgb24")
     one = convert_frame(frame, plan(frame.height, frame.width))  # (h, w, 3)
     return np.repeat(one[None], frames, axis=0)  # (T, h, w, 3)
 
@@ -268,10 +288,11 @@ class VideoReader:
         earlier one), which is robust both to variable frame rates and to jitter."""
         decoded: Iterator[tuple[float, av.VideoFrame]] | None = None
         current = upcoming = None  # (time, frame): last one at or before the target, next one
-        for target in targets:
+        wanted = targets.tolist()
+        for target in wanted:
             position = (upcoming or current or (None,))[0]
             if decoded is None or self._worth_seeking(position, target):
-                decoded, current, upcoming = self._decode_from(target), None, None
+                decoded, current, upcoming = self._decode_from(target, wanted), None, None
             while True:
                 if upcoming is None:
                     upcoming = next(decoded, None)
@@ -311,16 +332,18 @@ class VideoReader:
                                for e in self._stream.index_entries if e.is_keyframe]
         return self._keyframes
 
-    def _decode_from(self, target: float) -> Iterator[tuple[float, av.VideoFrame]]:
-        """Decoded (time, frame) pairs from the keyframe at or before `target`."""
+    def _decode_from(self, target: float,
+                     targets: list[float]) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Decoded (time, frame) pairs from the keyframe at or before `target`; `targets`
+        (sorted) are all the times wanted."""
         if self._decoded_any or target > _SEEK_MARGIN:
             self._seek(target)
         self._decoded_any = True
-        frames = self._decode()
+        frames = self._decode(targets)
         first = next(frames, None)
         if first is not None and first[0] > target + 0.5 / self.info.fps and target > 0:
             self._seek(0.0)  # the seek overshot (a bad index): decode from the start
-            frames = self._decode()
+            frames = self._decode(targets)
             first = next(frames, None)
         return chain([first] if first else [], frames)
 
@@ -328,16 +351,36 @@ class VideoReader:
         timestamp = int((seconds + self._start) / self._time_base) if self._time_base else 0
         self._container.seek(timestamp, stream=self._stream, backward=True, any_frame=False)
 
-    def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
-        time = -1.0 / self.info.fps
-        for count, frame in enumerate(self._container.decode(self._stream)):
-            if frame.pts is None:
-                time += 1.0 / self.info.fps
-            else:
-                time = float(frame.pts * self._time_base) - self._start
-            if count == 0:
-                self.rotation = _display_rotation(frame.rotation)
-            yield time, frame
+    def _decode(self, targets: list[float] | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(seconds, frame) in display order from the current position. With sorted
+        `targets`, non-reference frames more than 1.5 frame durations from every target
+        are not decoded at all (nothing depends on them)."""
+        codec = self._stream.codec_context
+        time_base, reach = float(self._time_base), 1.5 / self.info.fps
+        time, count = -1.0 / self.info.fps, 0
+        try:
+            for packet in self._container.demux(self._stream):
+                if targets is not None and packet.pts is not None:
+                    near = _near(targets, packet.pts * time_base - self._start, reach)
+                    codec.skip_frame = "DEFAULT" if near else "NONREF"
+                for frame in codec.decode(packet):
+                    if frame.pts is None:
+                        time += 1.0 / self.info.fps
+                    else:
+                        time = frame.pts * time_base - self._start
+                    if count == 0:
+                        self.rotation = _display_rotation(frame.rotation)
+                    count += 1
+                    yield time, frame
+        finally:
+            codec.skip_frame = "DEFAULT"
+
+
+def _near(targets: list[float], time: float, reach: float) -> bool:
+    """Whether a sorted list holds a value within `reach` of `time`."""
+    i = bisect.bisect_left(targets, time)
+    return ((i < len(targets) and targets[i] - time <= reach)
+            or (i > 0 and time - targets[i - 1] <= reach))
 
 
 def probe(source: str | bytes, *, name: str | None = None) -> VideoInfo:
