@@ -130,11 +130,13 @@ def test_same_seed_same_batches_other_seed_other_batches(videos):
     assert not np.array_equal(other["video"], take(make(cfg, seed=3)[0], 1)[0]["video"])
 
 
-def test_process_slices_are_disjoint_and_complete(videos):
+def test_process_slices_are_disjoint_and_complete(videos, tmp_path):
     seen = []
     for index in range(3):
         iterator, info = make(data_config(videos["manifest"]), batch=6, process_index=index,
-                              process_count=3)
+                              process_count=3, quarantine_path=str(tmp_path / "bad.csv"))
+        assert info.quarantine.path == str(tmp_path / f"bad.p{index}.csv")  # one per process
+        assert os.path.isfile(info.quarantine.path)
         assert (info.num_examples, info.local_examples) == (12, 4)
         batches = take(iterator, 2)  # one epoch of this process: 4 clips
         assert all(b["video"].shape[0] == 2 for b in batches)

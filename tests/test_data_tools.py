@@ -181,3 +181,6 @@ def test_each_verb_has_help_and_bad_input_is_a_clear_error(tmp_path, capsys):
     missing = str(tmp_path / "nowhere")
     assert main(["build", "--input", missing, "--output", str(tmp_path / "o")]) == 2
     assert f"twlv data build: error: input {missing} does not exist" in capsys.readouterr().err
+    assert main(["synth", "--output", str(tmp_path / "s"), "--frames", "1", "--size", "33"]) == 2
+    assert ("synthetic set: frames must be >= 2, got 1; size must be an even number of pixels "
+            ">= 16, got 33") in capsys.readouterr().err

@@ -124,7 +124,8 @@ class SkipBadFilesIterator(grain.DatasetIterator):
 
 
 def _option(data_cfg, key: str):
-    return data_cfg.get(key, OPTIONAL_KEYS.get(key)) if key in OPTIONAL_KEYS else data_cfg[key]
+    """A key this module added to the data config; its default for configs without it."""
+    return data_cfg.get(key, OPTIONAL_KEYS[key])
 
 
 def _check_config(data_cfg, *, frames: int, image_size: int, global_batch_size: int,

@@ -21,7 +21,8 @@ import numpy as np
 
 from twlv_jax.data import manifest as manifest_lib
 
-SOURCES = ("manifest", "tfds", "images", "mixture")
+FILE_SOURCES = ("manifest", "tfds", "images")  # each reads one path
+SOURCES = (*FILE_SOURCES, "mixture")
 
 
 class DataError(ValueError):
@@ -115,9 +116,9 @@ def parse_mixture(spec: str) -> list[Component]:
         if not at:
             body, weight_text = item, "1"
         source, colon, path = body.partition(":")
-        if not colon or source not in SOURCES[:3] or not path:
+        if not colon or source not in FILE_SOURCES or not path:
             raise DataError(f"data.path mixture item {item!r}: expected SOURCE:PATH@WEIGHT with "
-                            f"SOURCE one of {', '.join(SOURCES[:3])}")
+                            f"SOURCE one of {', '.join(FILE_SOURCES)}")
         try:
             weight = float(weight_text)
         except ValueError:
@@ -133,7 +134,7 @@ def parse_mixture(spec: str) -> list[Component]:
 
 def open_source(kind: str, path: str, split: str = "train") -> ManifestSource | TfdsSource:
     """The record source for `data.source` (not 'mixture') and `data.path`."""
-    if kind not in SOURCES[:3]:
+    if kind not in FILE_SOURCES:
         raise DataError(f"data.source: expected one of {', '.join(SOURCES)}, got {kind!r}")
     if not path:
         raise DataError("data.path is empty: set --config.data.path to a manifest (.csv or "

@@ -153,7 +153,7 @@ def image_array_clip(image: np.ndarray, frames: int, plan: Callable[[int, int], 
 
 
 class VideoReader:
-    """An open video or image; `frames_at` decodes the frames shown at given times.
+    """An open video or image; `frames_at` decodes the frames nearest to given times.
 
     Use as a context manager. `source` is a path or the file's bytes; `name` is used in
     error messages (default: the path). `threads` is FFmpeg's decoding threads (0: auto).
@@ -240,7 +240,8 @@ class VideoReader:
     # -- decoding -----------------------------------------------------------------------
 
     def frames_at(self, times: Sequence[float], plan: Callable[[int, int], Geometry]) -> np.ndarray:
-        """Frames shown at `times` (seconds from the start), as uint8 (len(times), h, w, 3).
+        """The frames nearest in time to `times` (seconds from the start), as uint8
+        (len(times), h, w, 3), in the order of `times`.
 
         `plan(height, width)` gets the upright display size of the first decoded frame
         and returns the crop geometry used for every frame.
