@@ -20,7 +20,8 @@ def get_config(arg=None):
     tiny = arg.variant == TINY
     c = ConfigDict()
     c.seed = 0
-    c.init_from = ""            # params-only init from a checkpoint dir (strict)
+    c.init_from = ""            # params-only init from a checkpoint or workdir
+    c.init_strict = True        # a param missing from init_from (or mis-shaped) is an error
 
     c.model = ConfigDict(dict(
         variant=arg.variant,
@@ -78,8 +79,8 @@ def get_config(arg=None):
     ))
 
     c.optim = ConfigDict(dict(
-        lr=1.5e-4,                  # per `lr_batch` clips; scaled linearly with train.batch_size
-        lr_batch=256,               # 0 disables scaling
+        lr=1e-3 if tiny else 1.5e-4,  # per `lr_batch` clips; scaled linearly with train.batch_size
+        lr_batch=0 if tiny else 256,  # 0 disables scaling
         warmup=duration(20 if tiny else "40ep"),
         min_lr_ratio=0.01,          # cosine ends at lr * min_lr_ratio
         b1=0.9, b2=0.95, eps=1e-8,
@@ -98,8 +99,10 @@ def get_config(arg=None):
         nan_policy="stop",                         # stop | rollback
         nan_retries=3,
         probe_every=duration(0),                   # online k-NN probe; 0 disables
-        probe_path="",                             # manifest of a small labelled set
+        probe_path="",                             # folder with train.csv + val.csv (labelled)
+        probe_k=20,                                # neighbours of the online k-NN probe
         unsharded_limit=0.05,                      # max share of param bytes left unsharded (fsdp)
+        inject_nan_batches=(),                     # fault injection: stream positions that give NaN
     ))
 
     c.mesh = ConfigDict(dict(

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from twlv_jax import models
+from twlv_jax.config import ConfigError
 from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import hybrid
 from twlv_jax.objectives.presets import Objective, resolve
@@ -137,7 +138,7 @@ def unsharded_check(setup: Setup, limit: float) -> float:
         flat_sh = weightlib.flatten(shardings)
         largest = sorted((k for k in flat if flat_sh[k].is_fully_replicated),
                          key=lambda k: -np.prod(flat[k].shape))[:3]
-        raise ValueError(
+        raise ConfigError(
             f"{fraction:.1%} of parameter bytes are unsharded under mesh.rules="
             f"{setup.config.mesh.rules!r} (limit train.unsharded_limit={limit:.0%}); largest "
             f"replicated: {', '.join(f'{k} {tuple(flat[k].shape)}' for k in largest)}. Their "

@@ -16,8 +16,12 @@ from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
 
 
-def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array):
-    """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips."""
+def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison=0.0):
+    """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips.
+
+    `poison` is added to every loss term: 0 normally; the loop's fault injection
+    (`train.inject_nan_batches`) passes NaN to stand for a batch that breaks the numerics.
+    """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
     ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
@@ -25,15 +29,16 @@ def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array):
     def loss_fn(params):
         model = nnx.merge(setup.model_def, params)
         terms = hybrid.losses(model, frozen, ema, video, rng, setup.objective, setup.config)
+        terms = {name: value + poison for name, value in terms.items()}
         return hybrid.total(terms, setup.objective), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     return loss, terms, grads
 
 
-def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array):
+def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison):
     """One optimizer step. Returns (new state, metrics)."""
-    loss, terms, grads = loss_and_grads(setup, state, teachers, video)
+    loss, terms, grads = loss_and_grads(setup, state, teachers, video, poison)
     updates, opt = setup.tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
@@ -49,27 +54,28 @@ def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array):
 
 
 class Sharded:
-    """A jitted function with explicit shardings, traced under the run's logical axis rules."""
+    """A jitted function of (state, teachers, video, *scalars) with explicit shardings,
+    traced under the run's logical axis rules."""
 
-    def __init__(self, setup: Setup, fn, out_shardings, donate_argnums=()):
+    def __init__(self, setup: Setup, fn, out_shardings, *, scalars: int = 0, donate_argnums=()):
         self.mesh, self.rules = setup.mesh, setup.config.mesh.rules
-        self.jitted = jax.jit(functools.partial(fn, setup),
-                              in_shardings=(setup.state_shardings, setup.teacher_shardings,
-                                            batch_sharding(self.mesh)),
+        in_shardings = (setup.state_shardings, setup.teacher_shardings, batch_sharding(self.mesh),
+                        *[replicated(self.mesh)] * scalars)
+        self.jitted = jax.jit(functools.partial(fn, setup), in_shardings=in_shardings,
                               out_shardings=out_shardings, donate_argnums=donate_argnums)
 
-    def __call__(self, state, teachers, video):
+    def __call__(self, *args):
         with use_rules(self.mesh, self.rules):
-            return self.jitted(state, teachers, video)
+            return self.jitted(*args)
 
-    def lower(self, state, teachers, video):
+    def lower(self, *args):
         with use_rules(self.mesh, self.rules):
-            return self.jitted.lower(state, teachers, video)
+            return self.jitted.lower(*args)
 
 
 def compile_step(setup: Setup) -> Sharded:
-    """f(state, teachers, video) -> (state, metrics); the state is donated."""
-    return Sharded(setup, train_step, (setup.state_shardings, replicated(setup.mesh)),
+    """f(state, teachers, video, poison) -> (state, metrics); the state is donated."""
+    return Sharded(setup, train_step, (setup.state_shardings, replicated(setup.mesh)), scalars=1,
                    donate_argnums=0)
 
 

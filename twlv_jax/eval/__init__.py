@@ -1,0 +1,1 @@
+"""Evaluation of embeddings: k-NN (the official protocol)."""

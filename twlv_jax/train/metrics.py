@@ -1,0 +1,89 @@
+"""Training metrics: JSONL, TensorBoard event files and a progress bar (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+    """Drops records after `last_step` (they belong to steps that a resume redoes)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to WORKDIR/metrics.jsonl, writes the same
+    scalars as TensorBoard events under WORKDIR/tensorboard, and drives a tqdm bar."""
+
+    def __init__(self, workdir: str, *, enabled: bool, start_step: int, total_steps: int):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.last: dict = {}
+        if enabled:
+            truncate_jsonl(self.path, start_step)
+            self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
+            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled, unit="step",
+                        dynamic_ncols=True, desc="train")
+
+    def rewind(self, step: int) -> None:
+        """After a rollback: forget records past `step`."""
+        if self.enabled:
+            self.file.close()
+            truncate_jsonl(self.path, step)
+            self.file = open(self.path, "a")  # noqa: SIM115
+            self.bar.reset(total=self.bar.total)
+            self.bar.update(step)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
+        if "loss" in scalars:
+            self.last = record              # the last training record, for the summary
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in scalars.items():
+            if math.isfinite(value):
+                self.tensorboard.add_scalar(key, value, step)
+        if "loss" in scalars:
+            self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled:
+            self.file.close()
+            self.tensorboard.close()
+
+
+class Throughput:
+    """Wall time, data-wait time and steps since the last report."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.data_wait, self.steps = time.perf_counter(), 0.0, 0
+
+    def report(self, batch_size: int, flops_per_step: float, peak_flops: float) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        result = {"clips_per_s": self.steps * batch_size / elapsed,
+                  "data_wait": self.data_wait / elapsed,
+                  "step_s": elapsed / max(self.steps, 1)}
+        if peak_flops:
+            result["mfu"] = self.steps * flops_per_step / elapsed / peak_flops
+        self.reset()
+        return result
