@@ -84,6 +84,15 @@ def test_run_writes_metrics_config_events_and_checkpoints(videos, tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     text = loop.summary_text(summary, workdir)
     assert "finished at step 12/12" in text and "probe/knn_label_motion" in text
+    # `twlv inspect` reads it on one device (the run used 8), from metadata alone.
+    inspect = subprocess.run([sys.executable, "-m", "twlv_jax", "inspect", workdir],
+                             env=dict(SUB_ENV, XLA_FLAGS=""), capture_output=True, text=True, check=True)
+    out = inspect.stdout
+    assert "step        12   data batches consumed: 12" in out
+    assert "model tiny, objective twlv, batch 8" in out and "jax 0.10.2" in out
+    assert "params.student.blocks.blocks.mlp.fc1.kernel" in out and "(2, 64, 256)" in out
+    assert "opt.1.mu.student.patch_embed.kernel" in out
+    assert "(steps on disk: 5, 10, 12)" in out
     # Reusing the workdir resumes: nothing left to do.
     again = loop.run(tiny_config(videos), workdir)
     assert again["start_step"] == 12 and again["step"] == 12

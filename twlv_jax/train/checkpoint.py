@@ -50,7 +50,7 @@ class Checkpoints:
 
     def __init__(self, directory: str, *, keep: int | None = None, read_only: bool = False,
                  with_data: bool = True):
-        self.directory = directory
+        self.directory = directory = os.path.abspath(directory)   # Orbax needs absolute paths
         handlers = _handlers(with_data)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                read_only=read_only, enable_async_checkpointing=True)
