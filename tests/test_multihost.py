@@ -38,7 +38,7 @@ def test_two_processes_train_with_disjoint_slices_and_one_checkpoint(tmp_path):
          f"--process_id={i}", "--init_timeout=60", *overrides],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
-    for p, (out, err) in zip(processes, outputs):
+    for p, (_, err) in zip(processes, outputs):
         assert p.returncode == 0, err[-3000:]
     # Each process read its own half of the 32 videos, on a 4-device mesh over 2 processes.
     assert "process 0/2 reads 16" in outputs[0][1] and "process 1/2 reads 16" in outputs[1][1]

@@ -62,7 +62,7 @@ def describe(path: str, step: int | None = None, *, show_config: bool = False) -
         groups.setdefault(group, [0, 0])
         groups[group][0] += count
         groups[group][1] += count * dtype.itemsize
-        rows.append(f"  {name:<60} {str(shape):<22} {dtype.name:<9} {_size(count * dtype.itemsize):>10}")
+        rows.append(f"  {name:<60} {shape!s:<22} {dtype.name:<9} {_size(count * dtype.itemsize):>10}")
     lines.append("arrays")
     lines += rows
     lines.append("totals")
