@@ -59,3 +59,13 @@ def test_two_processes_train_with_disjoint_slices_and_one_checkpoint(tmp_path):
             restore_args=ckptlib.ocp.checkpoint_utils.construct_restore_args(setup.abstract_state))))["state"]
     assert int(state["step"]) == 6
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state["params"]))
+
+
+def test_unreachable_coordinator_fails_fast_with_a_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "twlv_jax", "train", "--config", "configs/pretrain.py:variant=tiny",
+         "--workdir", str(tmp_path / "w"), f"--coordinator=localhost:{free_port()}",
+         "--num_processes=2", "--process_id=1", "--init_timeout=2"],
+        env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cannot reach the coordinator localhost:" in result.stderr and "within 2 s" in result.stderr

@@ -111,7 +111,7 @@ def test_each_preset_overfits_a_fixed_batch(preset):
     video = moving_squares(2)
     losses = []
     for _ in range(200):
-        state, metrics = step(state, teachers, video)
+        state, metrics = step(state, teachers, video, 0.0)
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.5 * losses[0], (losses[0], losses[-10:])
@@ -126,7 +126,7 @@ def test_step_metrics_and_ema():
     step = steplib.compile_step(setup)
     before = jax.tree.map(np.asarray, state["ema"])
     params_before = jax.tree.map(np.asarray, state["params"]["student"])
-    state, metrics = step(state, teachers, moving_squares(8))
+    state, metrics = step(state, teachers, moving_squares(8), 0.0)
     assert set(metrics) == {"loss", "loss/distill", "loss/pixel", "loss/latent", "grad_norm",
                             "param_norm", "update_norm", "lr", "ema_momentum"}
     m = float(metrics["ema_momentum"])

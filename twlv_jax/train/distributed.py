@@ -1,6 +1,7 @@
 """Multi-host start-up: `jax.distributed.initialize` with pre-flight checks that fail fast.
 
-On TPU VMs and under SLURM, JAX finds the coordinator itself; elsewhere pass
+`--coordinator=auto` lets JAX find the coordinator itself (Cloud TPU pods, SLURM, Open
+MPI); a SLURM job with several tasks is detected without it. Elsewhere pass
 `--coordinator HOST:PORT --num_processes N --process_id I` (or the environment variables
 TWLV_COORDINATOR, TWLV_NUM_PROCESSES, TWLV_PROCESS_ID).
 """
@@ -55,15 +56,16 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     auto = auto or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
     if coordinator is None and not auto:
         return False
-    if coordinator is not None:
+    if coordinator == "auto":
+        coordinator = None
+    elif coordinator is not None:
         if num_processes is None or process_id is None:
             raise DistributedError("--coordinator needs --num_processes and --process_id")
         if not 0 <= process_id < num_processes:
             raise DistributedError(f"--process_id {process_id} must be in [0, {num_processes})")
-        if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         if process_id != 0:
             wait_for_coordinator(coordinator, timeout)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU-only multi-host runs
     log.info("jax.distributed.initialize(coordinator=%s, num_processes=%s, process_id=%s)",
              coordinator or "auto", num_processes, process_id)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,

@@ -268,6 +268,24 @@ def run(config, workdir: str) -> dict:
         stop.uninstall()
 
 
+def preempted(run: Run) -> str | None:
+    """The signal that asked this run (on any process) to stop, if any."""
+    if run.stop.requested():
+        return run.stop.signal_name or "a signal on another process"
+    return None
+
+
+def performance(run: Run) -> dict:
+    """Model FLOPs per step and the peak FLOP/s of the devices, for MFU."""
+    c = run.config
+    peak, source = flops.peak_flops(c.model.dtype)
+    if jax.devices()[0].platform != "cpu":      # CPU "devices" share one machine's cores
+        peak *= jax.device_count()
+    perf = {"flops": flops.train_step(c, run.setup.objective), "peak": peak}
+    log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", perf["flops"], peak, source)
+    return perf
+
+
 def _run(run: Run) -> dict:
     c = run.config
     check_config(c)
@@ -282,26 +300,20 @@ def _run(run: Run) -> dict:
     run.teachers = statelib.init_teachers(run.setup, files)
     if run.is_chief:
         cfglib.save(c, os.path.join(run.workdir, "config.json"))
-    start_step = run.step
-    outcome = run.stop.signal_name
-    compiled = probe = None
-    if outcome is None:
-        compiled = compile_step(run)
-        probe = KnnProbe(c.train.probe_path, run.setup, k=c.train.probe_k) if c.train.probe_path else None
-    peak, peak_source = flops.peak_flops(c.model.dtype)
-    if jax.devices()[0].platform != "cpu":
-        peak *= jax.device_count()
-    perf = {"flops": flops.train_step(c, run.setup.objective), "peak": peak}
-    log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", perf["flops"], peak, peak_source)
+    start_step, baseline = run.step, {}
     writer = MetricsWriter(run.workdir, enabled=run.is_chief, start_step=start_step,
                            total_steps=run.setup.total_steps)
     try:
-        if outcome is None and not run.stop.requested():
-            outcome = train(run, compiled, probe, writer, perf)
-        else:
-            outcome = run.stop.signal_name or "a signal on another process"
-        if probe and outcome == "done" and (run.probe_scores or (None,))[0] != run.step:
-            run_probe(run, probe, writer)
+        outcome = preempted(run)
+        if outcome is None:
+            compiled, perf = compile_step(run), performance(run)
+            probe = KnnProbe(c.train.probe_path, run.setup, k=c.train.probe_k) if c.train.probe_path else None
+            if probe and run.step == 0:                  # the untrained baseline
+                run_probe(run, probe, writer)
+                baseline = run.probe_scores[1]
+            outcome = preempted(run) or train(run, compiled, probe, writer, perf)
+            if probe and outcome == "done" and run.probe_scores[0] != run.step:
+                run_probe(run, probe, writer)
         if run.checkpoints.latest_step() != run.step:
             save(run)
         run.checkpoints.wait()
@@ -310,7 +322,7 @@ def _run(run: Run) -> dict:
         run.checkpoints.close()
     return {"outcome": outcome, "start_step": start_step, "step": run.step,
             "total_steps": run.setup.total_steps, "last_metrics": writer.last,
-            "probe": run.probe_scores[1] if run.probe_scores else {},
+            "probe": run.probe_scores[1] if run.probe_scores else {}, "probe_baseline": baseline,
             "checkpoint": os.path.join(run.checkpoints.directory, str(run.step)),
             "bad_files": run.data_info.quarantine.summary() if run.data_info.quarantine.files else ""}
 
@@ -324,7 +336,8 @@ def summary_text(summary: dict, workdir: str) -> str:
         terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("loss/"))
         lines.append(f"  last loss {m['loss']:.4f} ({terms}); {m.get('clips_per_s', 0):.1f} clips/s")
     for key, value in summary["probe"].items():
-        lines.append(f"  {key}: {value:.3f}")
+        before = summary["probe_baseline"].get(key)
+        lines.append(f"  {key}: {value:.3f}" + (f" (step 0: {before:.3f})" if before is not None else ""))
     lines += [f"  checkpoint : {summary['checkpoint']}",
               f"  metrics    : {os.path.join(workdir, 'metrics.jsonl')}",
               f"  TensorBoard: {os.path.join(workdir, 'tensorboard')}",
