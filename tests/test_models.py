@@ -233,3 +233,34 @@ def test_indivisible_dimension_stays_replicated():
     assert spec == jax.sharding.PartitionSpec()
     with pytest.raises(ValueError, match="unknown rules 'zero3'"):
         sharding.logical_to_spec(("embed",), (16,), mesh, "zero3")
+
+
+def test_image_teacher_matches_hugging_face_clip(tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from twlv_jax.export import hf_clip
+
+    torch.manual_seed(0)
+    hf = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+        image_size=32, projection_dim=32, attn_implementation="eager")).eval()
+    hf.save_pretrained(tmp_path)
+    path = str(tmp_path / "model.safetensors")
+    assert hf_clip.is_hf_clip(path)
+    teacher = models.image_teacher("tiny")
+    params = hf_clip.clip_params(path, depth=2, heads=2)
+    nnx.update(teacher, nnx.State(params))
+    images = np.random.RandomState(0).randn(3, 32, 32, 3).astype(np.float32)
+    with torch.no_grad():
+        out = hf(torch.from_numpy(images.transpose(0, 3, 1, 2)), output_hidden_states=True,
+                 output_attentions=True)
+        project = lambda h: hf.visual_projection(hf.vision_model.post_layernorm(h)).numpy()
+        layers = np.stack([project(out.hidden_states[i])[:, 1:] for i in (1, 2)])
+    ours = teacher.features(jnp.asarray(images), num_layers=2)
+    np.testing.assert_allclose(ours["embedding"], out.image_embeds.numpy(), atol=2e-5)
+    np.testing.assert_allclose(ours["layers"], layers, atol=2e-5)
+    np.testing.assert_allclose(ours["cls_attention"], out.attentions[-1][:, :, 0, 1:].mean(1).numpy(),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="2 vision layers, the teacher variant has 12"):
+        hf_clip.clip_params(path, depth=12, heads=12)

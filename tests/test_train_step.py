@@ -138,3 +138,27 @@ def test_step_metrics_and_ema():
     assert not np.allclose(get(params_before), get(state["params"]["student"]))
     assert float(metrics["loss"]) == pytest.approx(
         sum(float(metrics[f"loss/{t}"]) for t in ("distill", "pixel", "latent")), rel=1e-6)
+
+
+def test_teacher_weights_load_from_our_format_and_from_hugging_face_clip(tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from twlv_jax.export import hf_clip
+    from twlv_jax.models import weights as weightlib
+
+    setup = statelib.build(tiny("umt"), make_mesh("1,-1,1"), total_steps=10, warmup_steps=1)
+    torch.manual_seed(1)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+        image_size=32, projection_dim=32)).save_pretrained(tmp_path / "hf")
+    hf_file = str(tmp_path / "hf" / "model.safetensors")
+    loaded = statelib.init_teachers(setup, {"image_teacher": hf_file})["image_teacher"]
+    expected = hf_clip.clip_params(hf_file, depth=2, heads=2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=0), loaded, expected)
+    assert loaded["blocks"]["blocks"]["attn"]["qkv"].sharding.spec == jax.sharding.PartitionSpec(
+        None, "fsdp")
+    ours = str(tmp_path / "teacher.safetensors")
+    weightlib.save(loaded, ours)
+    again = statelib.init_teachers(setup, {"image_teacher": ours})["image_teacher"]
+    jax.tree.map(np.testing.assert_array_equal, again, loaded)

@@ -50,15 +50,20 @@ def load(path: str, like: dict) -> dict:
         flat = load_file(path)
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    expected = flatten(like)
+    return match(unflatten(flat), like, path)
+
+
+def match(values: dict, like: dict, source: str) -> dict:
+    """`values` checked against the names and shapes of `like`, cast to its dtypes."""
+    flat, expected = flatten(values), flatten(like)
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: parameter names do not match the model: "
+        raise ValueError(f"{source}: parameter names do not match the model: "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for name, ref in expected.items():
         if tuple(flat[name].shape) != tuple(ref.shape):
-            raise ValueError(f"{path}: {name} has shape {tuple(flat[name].shape)}, "
+            raise ValueError(f"{source}: {name} has shape {tuple(flat[name].shape)}, "
                              f"the model expects {tuple(ref.shape)}")
-    return unflatten({name: flat[name].astype(expected[name].dtype) for name in expected})
+    return unflatten({name: np.asarray(flat[name]).astype(expected[name].dtype) for name in expected})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from twlv_jax import models
 from twlv_jax.config import ConfigError
+from twlv_jax.export import hf_clip
 from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import hybrid
 from twlv_jax.objectives.presets import Objective, resolve
@@ -117,7 +119,7 @@ def init_teachers(setup: Setup, weight_files: dict[str, str]) -> dict:
         shardings = setup.teacher_shardings[name]
         path = weight_files.get(name)
         if path:
-            values = weightlib.load(path, abstract)
+            values = _teacher_values(name, path, abstract, config)
             result[name] = jax.tree.map(lambda v, s: jax.device_put(np.asarray(v), s),
                                         values, shardings)
             log.info("%s: loaded %s", name, path)
@@ -126,6 +128,15 @@ def init_teachers(setup: Setup, weight_files: dict[str, str]) -> dict:
                 hybrid.teachers(config, objective)[name]))
             result[name] = jax.jit(init, out_shardings=shardings)()
     return result
+
+
+def _teacher_values(name: str, path: str, abstract: dict, config) -> dict:
+    """A teacher's weights from our own safetensors layout, or from Hugging Face CLIP."""
+    if name == "image_teacher" and os.path.isfile(path) and hf_clip.is_hf_clip(path):
+        size = models.clip_size(config.teacher.variant)
+        return weightlib.match(hf_clip.clip_params(path, depth=size.depth, heads=size.heads),
+                               abstract, path)
+    return weightlib.load(path, abstract)
 
 
 def unsharded_check(setup: Setup, limit: float) -> float:
