@@ -17,12 +17,13 @@ MARKER = PREFIX + "embeddings.patch_embedding.weight"
 def is_hf_clip(path: str) -> bool:
     """True when the safetensors file holds a Hugging Face CLIP vision tower."""
     with safe_open(path, framework="numpy") as f:
-        return MARKER in f.keys()
+        return MARKER in list(f.keys())   # a safetensors handle, not a dict
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
     with safe_open(path, framework="numpy") as f:
-        keys = [k for k in f.keys() if k.startswith(PREFIX) or k == "visual_projection.weight"]
+        names = list(f.keys())            # a safetensors handle, not a dict
+        keys = [k for k in names if k.startswith(PREFIX) or k == "visual_projection.weight"]
         return {k: f.get_tensor(k) for k in keys}
 
 
