@@ -210,7 +210,7 @@ def test_init_from_is_strict_and_loads_params(videos, tmp_path):
     run = loop.Run(tiny_config(videos, "train.steps=6", f"init_from={source}", "init_strict=false"),
                    str(tmp_path / "loose"), stop=None)
     mesh = make_mesh("1,-1,1")
-    loop.start_data(run, mesh)
+    loop.start_data(run)
     loop.build_state(run, mesh)
     run.checkpoints = ckptlib.Checkpoints(str(tmp_path / "loose" / "checkpoints"))
     report = loop.restore_or_init(run)

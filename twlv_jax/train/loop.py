@@ -79,7 +79,7 @@ def check_config(config) -> None:
         log.warning("\n%s", warning)
 
 
-def start_data(run: Run, mesh) -> None:
+def start_data(run: Run) -> None:
     c = run.config
     run.data, run.data_info = pipeline.make_train_iterator(
         c.data, frames=c.model.frames, image_size=c.model.image_size,
@@ -95,9 +95,10 @@ def build_state(run: Run, mesh) -> None:
     run.setup = statelib.build(run.config, mesh, total_steps=steps, warmup_steps=warmup)
     fraction = statelib.unsharded_check(run.setup, run.config.train.unsharded_limit)
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(run.setup.abstract_state["params"]))
-    log.info("model: %s student + heads, %.2fM trainable parameters, %.1f%% of their bytes "
-             "replicated; %d steps (%d warmup) at batch %d", run.config.model.variant, params / 1e6,
-             100 * fraction, steps, warmup, run.config.train.batch_size)
+    replicated = f", {fraction:.1%} of their bytes replicated" if jax.device_count() > 1 else ""
+    log.info("model: %s student + heads, %.2fM trainable parameters%s; %d steps (%d warmup) at "
+             "batch %d", run.config.model.variant, params / 1e6, replicated, steps, warmup,
+             run.config.train.batch_size)
 
 
 def restore_or_init(run: Run) -> str:
@@ -251,7 +252,7 @@ def run_probe(run: Run, probe: KnnProbe, writer: MetricsWriter) -> None:
     scores = probe(run.state)
     run.probe_scores = (run.step, scores)
     writer.write(run.step, scores)
-    writer.bar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    writer.note(f"step {run.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
 
 # ---------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def _run(run: Run) -> dict:
     mesh = make_mesh(c.mesh.shape)
     log.info("mesh: %s over %d devices (%s), %d process(es); rules %s", dict(mesh.shape),
              jax.device_count(), jax.devices()[0].device_kind, jax.process_count(), c.mesh.rules)
-    start_data(run, mesh)
+    start_data(run)
     build_state(run, mesh)
     run.checkpoints = ckptlib.Checkpoints(os.path.join(run.workdir, "checkpoints"), keep=c.train.keep)
     log.info("state: %s", restore_or_init(run))

@@ -33,8 +33,16 @@ class MetricsWriter:
             truncate_jsonl(self.path, start_step)
             self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled, unit="step",
-                        dynamic_ncols=True, desc="train")
+        self.bar_options = dict(total=total_steps, initial=start_step, disable=not enabled,
+                                unit="step", dynamic_ncols=True, desc="train")
+        self._bar = None
+
+    @property
+    def bar(self) -> tqdm:
+        """The progress bar, started on first use (after compilation, so its rate is true)."""
+        if self._bar is None:
+            self._bar = tqdm(**self.bar_options)
+        return self._bar
 
     def rewind(self, step: int) -> None:
         """After a rollback: forget records past `step`."""
@@ -59,11 +67,17 @@ class MetricsWriter:
         if "loss" in scalars:
             self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
 
+    def note(self, text: str) -> None:
+        """A line of text above the progress bar (process 0 only)."""
+        if self.enabled:
+            tqdm.write(text)
+
     def advance(self, steps: int = 1) -> None:
         self.bar.update(steps)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
         if self.enabled:
             self.file.close()
             self.tensorboard.close()
