@@ -355,7 +355,7 @@ def main(argv: list[str]) -> int:
                                      epilog="Any config key can be overridden: --config.optim.lr=3e-4")
     parser.add_argument("--config", required=True, help="FILE[:ARGS], e.g. configs/pretrain.py:variant=B")
     parser.add_argument("--workdir", required=True, help="output folder; reusing it resumes")
-    parser.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-host)")
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0, or auto (TPU pods, SLURM)")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
     parser.add_argument("--init_timeout", type=float, default=300.0,
