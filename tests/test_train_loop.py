@@ -217,8 +217,13 @@ def test_init_from_is_strict_and_loads_params(videos, tmp_path):
     assert report.startswith("init_from: loaded") and "missing from the checkpoint" in report
     saved = ckptlib.Checkpoints(os.path.join(source, "checkpoints"), read_only=True, with_data=False)
     kernel = run.state["params"]["student"]["patch_embed"]["kernel"]
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = {"params": {"student": {"patch_embed": {"kernel": jax.ShapeDtypeStruct(
+        kernel.shape, kernel.dtype, sharding=one)}}}}
     source_state = saved.manager.restore(5, args=ckptlib.ocp.args.Composite(
-        state=ckptlib.ocp.args.PyTreeRestore()))["state"]
+        state=ckptlib.ocp.args.PyTreeRestore(
+            target, restore_args=ckptlib.ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))["state"]
     np.testing.assert_array_equal(kernel, source_state["params"]["student"]["patch_embed"]["kernel"])
     np.testing.assert_array_equal(run.state["ema"]["patch_embed"]["kernel"], kernel)
 
