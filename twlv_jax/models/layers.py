@@ -82,6 +82,7 @@ class Attention(nnx.Module):
     """Multi-head self-attention through `jax.nn.dot_product_attention`.
 
     qkv kernel is (D, 3, H, Dh); `qkv_bias` is 'all', 'qv' (VideoMAE: no key bias) or 'none'.
+    `implementation` is passed on: 'xla', 'cudnn' (fused, GPUs) or None/'auto' (JAX chooses).
     """
 
     def __init__(self, dim: int, heads: int, *, qkv_bias: str = "all", dtype=F32,
@@ -100,7 +101,9 @@ class Attention(nnx.Module):
         self.out = param(rngs, (heads, head_dim, dim), ("heads", "kv", "embed"))
         self.out_bias = param(rngs, (dim,), (None,), zeros)
         self.dtype = dtype
-        self.implementation = None if implementation in (None, "xla") else implementation
+        if implementation not in (None, "auto", "xla", "cudnn"):
+            raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {implementation!r}")
+        self.implementation = None if implementation == "auto" else implementation
 
     def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         qkv = matmul(x, self.qkv[...], "bnd,dkhe->bnkhe", self.dtype)   # (B, N, 3, H, Dh)
