@@ -1,0 +1,1050 @@
+"""Train-step throughput and model FLOPs utilisation (MFU): our JAX step against Hugging Face
+`VideoMAEForPreTraining` (PyTorch) on the same work, a profile of what bounds the step, and
+measured candidate improvements to the library's hot path.
+
+    .venv/bin/python benchmarks/train_step.py [--sizes tiny,S,B] [--precisions float32,bfloat16]
+        [--objectives videomae,twlv] [--batch N] [--steps N] [--quick]
+
+Writes benchmarks/results/train_step.md and BENCHMARKS.md, and prints the report.
+
+Every case (one model, objective, precision, variant) runs in a worker process of its own, so
+each has its own memory and threads. The cases that are compared with each other form a
+group: their workers are alive together and the parent asks each for one step in turn, round
+after round, so that they share the load of this shared machine. Step times are medians of the
+timed steps; the compiling call and `--warmup` more steps are not timed. MFU is the analytic
+model FLOPs of a step (`twlv_jax.train.flops.train_step`) over the step time and the matmul peak
+(`flops.measured_peak`: 2048^3, float32 accumulation), measured between the steps of the same
+run; the best of those measurements is used.
+
+Variants: candidate changes to the library, measured by swapping in scratch copies of its
+functions (defined below) while the step is traced; the library itself is not edited.
+  library     the library as it is.
+  flash       `layers.Attention.__call__` -> `flash_attention_call`: 2-D projection matmuls and a
+              memory-efficient attention instead of `jax.nn.dot_product_attention`.
+  bf16grad    `layers.matmul` -> `low_precision_grads_matmul`: in bfloat16 the backward matmuls run
+              in bfloat16 too (float32 accumulation) instead of in float32.
+The variants run on the largest size: flash at both precisions, flash+bf16grad at bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import functools
+import glob
+import gzip
+import json
+import linecache
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "train_step.md")
+INDEX = os.path.join(ROOT, "BENCHMARKS.md")
+MARK = "@@"                                  # worker replies: one JSON object per line after MARK
+VARIANTS = {"float32": ["library", "flash"], "bfloat16": ["library", "flash", "flash+bf16grad"]}
+# Default batch (clips) per size; the twlv objective runs a frozen CLIP-B and an EMA encoder too.
+BATCH = {"videomae": {"tiny": 8, "S": 2, "B": 2}, "twlv": {"tiny": 8, "S": 1, "B": 1}}
+STEPS = {"videomae": 5, "twlv": 2}
+HF_DECODER = {"S": (192, 3), "B": (384, 6)}  # VideoMAE decoder (width, heads) per encoder size
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One measured configuration. framework: jax (our step), torch (HF VideoMAE), peak (matmul)."""
+
+    framework: str
+    size: str = ""
+    objective: str = "videomae"
+    precision: str = "float32"
+    batch: int = 0
+    variant: str = "library"
+    check: bool = False          # compare first-batch gradients with the library's (variants)
+
+    @property
+    def label(self) -> str:
+        if self.framework == "peak":
+            return f"matmul peak {self.precision}"
+        who = "HF PyTorch" if self.framework == "torch" else f"ours ({self.variant})"
+        return f"{who} {self.size} {self.objective} {self.precision} x{self.batch}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch improvements (measured here; the library is not edited)
+
+def _query_blocks(x, count: int):
+    """(B, H, N, D) -> (count, B, H, N / count, D)."""
+    b, h, n, d = x.shape
+    return x.reshape(b, h, count, n // count, d).transpose(2, 0, 1, 3, 4)
+
+
+def _unblock(x):
+    """(count, B, H, n, ...) -> (B, H, count * n, ...)."""
+    count, b, h, n = x.shape[:4]
+    return x.transpose(1, 2, 0, *range(3, x.ndim)).reshape(b, h, count * n, *x.shape[4:])
+
+
+def _attend_block(q, k, v):
+    """One query block against all keys: (output float32, log-sum-exp)."""
+    import jax.numpy as jnp
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+    top = logits.max(-1, keepdims=True)
+    weights = jnp.exp(logits - top)
+    total = weights.sum(-1, keepdims=True)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32) / total
+    return out, (top + jnp.log(total))[..., 0]
+
+
+def _flash_forward(q, k, v, blocks: int):
+    import jax
+    out, lse = jax.lax.map(lambda qb: _attend_block(qb, k, v), _query_blocks(q, blocks))
+    out, lse = _unblock(out), _unblock(lse[..., None])[..., 0]
+    return out, (q, k, v, out, lse)
+
+
+def _flash_backward(blocks: int, residuals, d_out):
+    """Recomputes each block's probabilities from the log-sum-exp; accumulates dk, dv."""
+    import jax
+    import jax.numpy as jnp
+    q, k, v, out, lse = residuals
+    f32 = jnp.float32
+    delta = jnp.sum(d_out.astype(f32) * out, -1)
+    d_out = d_out.astype(v.dtype)
+
+    def block(carry, xs):
+        dk, dv = carry
+        qb, dob, lse_b, delta_b = xs
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=f32)
+        probs = jnp.exp(logits - lse_b[..., None])
+        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", probs.astype(dob.dtype), dob, preferred_element_type=f32)
+        dp = jnp.einsum("bhqd,bhkd->bhqk", dob, v, preferred_element_type=f32)
+        ds = (probs * (dp - delta_b[..., None])).astype(qb.dtype)
+        dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k, preferred_element_type=f32)
+        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qb, preferred_element_type=f32)
+        return (dk, dv), dq
+
+    zeros = jnp.zeros(k.shape, f32)
+    xs = (_query_blocks(q, blocks), _query_blocks(d_out, blocks),
+          _query_blocks(lse[..., None], blocks)[..., 0], _query_blocks(delta[..., None], blocks)[..., 0])
+    (dk, dv), dq = jax.lax.scan(block, (zeros, zeros), xs)
+    return _unblock(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.cache
+def _flash():
+    """softmax(q kᵀ) v over (B, H, N, D) with the custom VJP above (blocks: static)."""
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def attend(q, k, v, blocks):
+        return _flash_forward(q, k, v, blocks)[0]
+
+    attend.defvjp(_flash_forward, _flash_backward)
+    return attend
+
+
+def query_block_count(tokens: int, target: int = 256) -> int:
+    """Most query blocks with at least target/2 queries each that divide `tokens` (1 if short)."""
+    if tokens <= target:
+        return 1
+    return max(c for c in range(1, tokens + 1) if tokens % c == 0 and tokens // c >= target // 2)
+
+
+def flash_attention_call(self, x):
+    """Drop-in for `twlv_jax.models.layers.Attention.__call__` (same parameters and result).
+
+    The projections multiply by the kernels viewed as 2-D matrices (free reshapes), whose
+    backward XLA runs without transposing the (D, 3, H, Dh) kernel; the heads are split from the
+    activations instead, and the attention is `_flash`'s."""
+    from twlv_jax.models.layers import matmul
+    b, n, d = x.shape
+    heads, head_dim = self.qkv.shape[2:]
+    qkv = matmul(x, self.qkv[...].reshape(d, -1), "bnd,df->bnf", self.dtype)
+    qkv = qkv.reshape(b, n, 3, heads, head_dim)
+    if self.qkv_bias is not None:
+        qkv = qkv + self.qkv_bias[...]
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)                                 # (B, H, N, Dh) each
+    if self.q_bias is not None:
+        q, v = q + self.q_bias[...][:, None, :], v + self.v_bias[...][:, None, :]
+    q = q * (1.0 / np.sqrt(head_dim))
+    y = _flash()(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), query_block_count(n))
+    y = y.transpose(0, 2, 1, 3).reshape(b, n, heads * head_dim)
+    out = matmul(y, self.out[...].reshape(heads * head_dim, d), "bnf,fd->bnd", self.dtype)
+    return out + self.out_bias[...]
+
+
+@functools.cache
+def _einsum_low_precision_grads(spec: str, dtype):
+    """einsum(spec) of two operands cast to `dtype`, float32 result, whose VJP also runs its two
+    matmuls in `dtype` (float32 accumulation) instead of upcasting them to float32. The operands
+    are saved as they come in (float32 weights: the layer scan's own slices) and cast again in the
+    backward, so no `dtype` copies are stacked across the layers."""
+    import jax
+    import jax.numpy as jnp
+    operands, out = spec.split("->")
+    lhs, rhs = operands.split(",")
+
+    @jax.custom_vjp
+    def einsum(a, b):
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+    def forward(a, b):
+        return einsum(a, b), (a, b)
+
+    def backward(residuals, g):
+        a, b = residuals
+        a16, b16, g16 = a.astype(dtype), b.astype(dtype), g.astype(dtype)
+        da = jnp.einsum(f"{out},{rhs}->{lhs}", g16, b16, preferred_element_type=jnp.float32)
+        db = jnp.einsum(f"{lhs},{out}->{rhs}", a16, g16, preferred_element_type=jnp.float32)
+        return da.astype(a.dtype), db.astype(b.dtype)
+
+    einsum.defvjp(forward, backward)
+    return einsum
+
+
+def low_precision_grads_matmul(x, kernel, spec: str, dtype):
+    """Drop-in for `twlv_jax.models.layers.matmul`: same forward; in bfloat16 the backward
+    matmuls take the cotangent in bfloat16 too (as torch.autocast does)."""
+    import jax.numpy as jnp
+    if jnp.dtype(dtype) == jnp.float32:
+        return jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
+    return _einsum_low_precision_grads(spec, jnp.dtype(dtype))(x, kernel)
+
+
+def patches(variant: str) -> list[tuple[object, str, object]]:
+    """(owner, attribute, replacement) for each scratch change a variant applies."""
+    from twlv_jax.models import heads, layers, vit
+    table = {"flash": [(layers.Attention, "__call__", flash_attention_call)],
+             "bf16grad": [(module, "matmul", low_precision_grads_matmul) for module in (layers, heads, vit)]}
+    return [p for name in variant.split("+") if name in table for p in table[name]]
+
+
+@contextlib.contextmanager
+def patched(variant: str):
+    """Applies a variant's scratch changes while the step is traced, then restores the library."""
+    changes = patches(variant)
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in changes]
+    try:
+        for owner, name, replacement in changes:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile: trace events of one step, attributed to source and kind through the compiled HLO
+
+HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?[\]\})] ([a-z][a-z0-9\-]*)\((.*)$")
+HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+CONTAINERS = {"while", "call", "conditional"}
+MOVEMENT = {"copy", "transpose", "dynamic-slice", "dynamic-update-slice", "slice", "concatenate", "pad",
+            "gather", "scatter", "broadcast", "reshape", "bitcast", "parameter", "constant", "tuple",
+            "get-tuple-element", "iota", "reverse", "convert"}
+# hybrid.py source text -> part of the step
+PARTS = (("student_model(", "encoder"), ("model.pixel.loss", "pixel decoder + loss"),
+         ("model.latent.loss", "latent predictor + loss"), ("ema_student(", "EMA encoder"),
+         ("teacher.features", "image teacher"), ("normalize_for_clip", "image teacher"),
+         ("make_mask", "mask sampling"), ("normalize(", "input normalisation"),
+         ("distill", "distill heads + loss"), ("video_teacher", "video teacher"))
+# innermost library (or scratch) function -> kind of work
+ATTENTION = "attention softmax(QKᵀ)V"
+KINDS = (("train_step.py:_flash", ATTENTION),
+         ("train_step.py:_attend", ATTENTION), ("train_step.py:_query_blocks", ATTENTION),
+         ("train_step.py:_unblock", ATTENTION),
+         ("train_step.py:flash", "attention: heads split, bias, scale"),
+         ("matmul", "dense matmuls"), ("low_precision", "dense matmuls"), ("Dense.", "dense matmuls"),
+         ("project_qkv", "dense matmuls"), ("Attention.", "dense matmuls"), ("LayerNorm", "layernorm"),
+         ("<lambda>", "GELU"), ("Mlp.", "GELU"),
+         ("Transformer.", "layer scan: weight slices, saved activations"), ("drop_path", "drop path"),
+         ("patchify", "patchify / gather"), ("gather_tokens", "patchify / gather"),
+         ("pixel_targets", "pixel targets"), ("masking.py", "mask sampling"))
+
+
+def _table(text: str, name: str) -> dict[int, str]:
+    """One of the debug tables (FileNames, FunctionNames, ...) at the top of an HLO module's text."""
+    start = text.find("\n" + name + "\n")
+    rows = {}
+    if start < 0:
+        return rows
+    for line in text[start + len(name) + 2:].split("\n"):
+        if not line.strip():
+            break
+        key, value = line.split(" ", 1)
+        rows[int(key)] = value.strip().strip('"')
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    op: str
+    dtype: str                  # element type of the result ('' for tuples)
+    operands: tuple[str, ...]
+    calls: tuple[str, ...]      # computations it runs (fusion bodies, loop bodies, reducers)
+    frame: int                  # stack frame id of its source (0: none)
+
+
+class HloIndex:
+    """Instructions of a compiled module: op, called computations, Python stack of the source."""
+
+    def __init__(self, text: str):
+        files, functions = _table(text, "FileNames"), _table(text, "FunctionNames")
+        self.locations = {}
+        for key, value in _table(text, "FileLocations").items():
+            m = re.search(r"file_name_id=(\d+) function_name_id=(\d+) line=(\d+)", value)
+            self.locations[key] = (files[int(m[1])], functions[int(m[2])], int(m[3]))
+        self.frames = {}
+        for key, value in _table(text, "StackFrames").items():
+            m = re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", value)
+            # The text form prints parent ids one higher than the frame ids (0: no parent).
+            self.frames[key] = (int(m[1]), int(m[2]) - 1)
+        self.computations: dict[str, list[str]] = {}
+        self.instructions: dict[str, Instruction] = {}
+        current = None
+        for line in text.split("\n"):
+            if m := HLO_COMPUTATION.match(line):
+                current = m[1]
+                self.computations[current] = []
+            elif (m := HLO_INSTRUCTION.match(line)) and current:
+                dtype = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[", line)
+                frame = re.search(r"stack_frame_id=(\d+)", m[3])
+                self.computations[current].append(m[1])
+                self.instructions[m[1]] = Instruction(
+                    m[2], dtype[1] if dtype else "", tuple(re.findall(r"%([\w.\-]+)", m[3].split(")")[0])),
+                    tuple(re.findall(r"(?:calls|body|to_apply)=%([\w.\-]+)", m[3])),
+                    int(frame[1]) if frame else 0)
+
+    def _inside(self, name: str) -> list[Instruction]:
+        """The instruction and, for a fusion, every instruction of its computations."""
+        found, todo, seen = [self.instructions[name]], list(self.instructions[name].calls), set()
+        while todo:
+            computation = todo.pop()
+            if computation in seen:
+                continue
+            seen.add(computation)
+            for inner in self.computations.get(computation, []):
+                found.append(self.instructions[inner])
+                todo += self.instructions[inner].calls
+        return found
+
+    def hlo_class(self, name: str) -> str:
+        """'matmul, <input types>' (a dot inside), 'data movement' (copies, slices, converts only)
+        or 'elementwise/reduce'."""
+        inside = self._inside(name)
+        ops = {i.op for i in inside[1:]} if inside[0].op == "fusion" else {inside[0].op}
+        dots = [i for i in inside if i.op in ("dot", "convolution")]
+        if dots:
+            types = sorted({self.instructions[o].dtype for d in dots for o in d.operands
+                            if o in self.instructions})
+            return f"matmul, {'/'.join(types)} inputs"
+        return "data movement" if ops <= MOVEMENT else "elementwise/reduce"
+
+    def stack(self, frame: int) -> list[tuple[str, str, int]]:
+        """(file, function, line) from the innermost frame out."""
+        out, seen = [], set()
+        while frame > 0 and frame not in seen and frame in self.frames:
+            seen.add(frame)
+            location, frame = self.frames[frame]
+            out.append(self.locations[location])
+        return out
+
+
+def _part(stack) -> str:
+    """Which part of the step a stack belongs to, from the line of `hybrid.losses` it came from."""
+    ours = [f for f in stack if "twlv_jax" in f[0] or "optax" in f[0]]
+    for file, function, line in ours:
+        if file.endswith("hybrid.py") and function == "losses":
+            text = linecache.getline(file, line)
+            part = next((p for key, p in PARTS if key in text), f"hybrid.py:{line}")
+            if part == "pixel decoder + loss" and any(f[1] == "pixel_targets" for f in ours):
+                return "pixel targets"
+            return part
+    if any("optax" in f[0] or (f[0].endswith("step.py") and f[1] == "train_step") for f in ours):
+        return "optimizer + metrics"
+    return "unattributed (no source)"
+
+
+def _kind(stack, hlo_class: str) -> str:
+    """The kind of work, from the innermost library (or scratch) frame."""
+    for file, function, line in stack:
+        if "twlv_jax" in file or file.endswith("train_step.py"):
+            text = linecache.getline(file, line)
+            if "dot_product_attention(" in text or "_flash()(" in text:
+                return ATTENTION                 # ops of the attention call (custom VJP's too)
+            key = f"{os.path.basename(file)}:{function}"
+            return next((kind for k, kind in KINDS if k in key), key)
+        if "optax" in file:
+            return "optimizer update"
+    return hlo_class
+
+
+def summarize_trace(hlo_text: str, trace_dir: str) -> dict:
+    """Sums the durations of the HLO ops of a perfetto trace by part, kind and HLO class."""
+    index = HloIndex(hlo_text)
+    path = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)[0]
+    with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    durations, counts = collections.Counter(), collections.Counter()
+    for event in events:
+        name = event.get("name")
+        if event.get("ph") == "X" and name in index.instructions and \
+                index.instructions[name].op not in CONTAINERS:
+            durations[name] += event["dur"] / 1e3
+            counts[name] += 1
+    parts, classes, top = collections.Counter(), collections.Counter(), []
+    for name, ms in durations.most_common():
+        stack = index.stack(index.instructions[name].frame)
+        hlo_class = index.hlo_class(name)
+        part, kind = _part(stack), _kind(stack, hlo_class)
+        parts[(part, kind)] += ms
+        classes[hlo_class] += ms
+        if len(top) < 8:
+            top.append([name, counts[name], hlo_class, part, kind, ms])
+    return {"total_ms": sum(durations.values()), "parts": [[*k, v] for k, v in parts.most_common()],
+            "classes": dict(classes), "top": top}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+
+def video_batch(batch: int, frames: int, size: int) -> np.ndarray:
+    """Random uint8 clips (B, T, H, W, 3); the same for every case of a shape."""
+    return np.random.RandomState(0).randint(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)
+
+
+def jax_overrides(case: Case) -> list[tuple[str, str]]:
+    """Config overrides: one device, the case's batch and dtype, no remat, no stochastic depth
+    (HF VideoMAE has neither); VideoMAE's layout (qv bias, 1-D positions) for videomae."""
+    overrides = [("train.batch_size", str(case.batch)), ("mesh.shape", "1,1,1"),
+                 ("model.dtype", case.precision), ("model.remat", "none"), ("model.drop_path", "0.0"),
+                 ("teacher.allow_random", "true")]
+    if case.objective == "videomae":
+        overrides += [("model.qkv_bias", "qv"), ("model.pos_embed", "sincos1d")]
+    return overrides
+
+
+class JaxRunner:
+    """Our compiled train step on one device; `step()` runs and times one optimizer step."""
+
+    def __init__(self, case: Case):
+        import jax
+
+        from twlv_jax import config as cfglib
+        from twlv_jax.parallel.mesh import make_mesh
+        from twlv_jax.train import flops
+        from twlv_jax.train import state as statelib
+        from twlv_jax.train import step as steplib
+        self.jax = jax
+        config = cfglib.build(f"configs/pretrain.py:variant={case.size},objective={case.objective}",
+                              jax_overrides(case))
+        setup = statelib.build(config, make_mesh("1,1,1", jax.devices()[:1]), total_steps=1000,
+                               warmup_steps=10)
+        self.state, self.teachers = statelib.init_state(setup), statelib.init_teachers(setup, {})
+        self.video = video_batch(case.batch, config.model.frames, config.model.image_size)
+        self.poison = np.float32(0.0)
+        self.grad_norms = self._grad_norms(setup, case.variant) if case.check else []
+        start = time.perf_counter()
+        with patched(case.variant):
+            self.compiled = steplib.compile_step(setup).lower(
+                self.state, self.teachers, self.video, self.poison).compile()
+        self.loss = float(self._run()["loss"])
+        self.compile_s = time.perf_counter() - start
+        self.flops = flops.train_step(config, setup.objective)
+
+    def _grad_norms(self, setup, variant: str) -> list[float]:
+        """Norm of each parameter's gradient on the first batch (before any update)."""
+        from twlv_jax.train import step as steplib
+        with patched(variant):
+            _, _, grads = steplib.compile_grads(setup)(self.state, self.teachers, self.video)
+        return [float(np.linalg.norm(np.asarray(g, np.float64))) for g in self.jax.tree.leaves(grads)]
+
+    def _run(self):
+        self.state, metrics = self.compiled(self.state, self.teachers, self.video, self.poison)
+        self.jax.block_until_ready((self.state, metrics))
+        return metrics
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        self._run()
+        return time.perf_counter() - start
+
+    def profile(self) -> dict:
+        """One traced step, summarised; plus XLA's own cost analysis of the executable."""
+        with tempfile.TemporaryDirectory() as folder:
+            with self.jax.profiler.trace(folder, create_perfetto_trace=True):
+                seconds = self.step()
+            summary = summarize_trace(self.compiled.as_text(), folder)
+        cost = self.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        summary.update(step_s=seconds, xla_flops=cost.get("flops", 0.0),
+                       xla_bytes=cost.get("bytes accessed", 0.0))
+        return summary
+
+
+def hf_config(case: Case):
+    """VideoMAEForPreTraining's config for our encoder size: 16 frames at 224 px (tiny: ours)."""
+    from transformers import VideoMAEConfig
+
+    from twlv_jax.models.vit import SIZES
+    from twlv_jax.objectives.hybrid import DECODER_WIDTH
+    s = SIZES[case.size]
+    width = DECODER_WIDTH[case.size]
+    heads = HF_DECODER.get(case.size, (width, max(1, width // 64)))[1]
+    tiny = case.size == "tiny"
+    return VideoMAEConfig(
+        image_size=32 if tiny else 224, patch_size=8 if tiny else 16, num_frames=8 if tiny else 16,
+        tubelet_size=2, hidden_size=s.dim, num_hidden_layers=s.depth, num_attention_heads=s.heads,
+        intermediate_size=s.mlp_dim, decoder_hidden_size=width, decoder_num_hidden_layers=4,
+        decoder_num_attention_heads=heads, decoder_intermediate_size=4 * width, norm_pix_loss=True)
+
+
+class TorchRunner:
+    """HF VideoMAEForPreTraining on CPU: uint8 clips in, tube mask sampled, normalised, forward,
+    backward, gradient clipping and an AdamW update, like our step."""
+
+    def __init__(self, case: Case):
+        import torch
+        from transformers import VideoMAEForPreTraining
+
+        from twlv_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        self.torch = torch
+        torch.manual_seed(0)
+        torch.set_num_threads(cores())
+        config = hf_config(case)
+        self.model = VideoMAEForPreTraining(config).train()
+        self.attention = self.model.config._attn_implementation
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                                           eps=1e-8, weight_decay=0.05)
+        self.bf16 = case.precision == "bfloat16"
+        self.video = torch.from_numpy(video_batch(case.batch, config.num_frames, config.image_size))
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+        grid = (config.image_size // config.patch_size) ** 2
+        self.slots, self.per_slot = config.num_frames // config.tubelet_size, grid
+        self.masked = int(0.9 * grid)                        # our tube mask: int(ratio * H'W')
+        start = time.perf_counter()
+        self.loss = float(self._run())
+        self.compile_s = time.perf_counter() - start
+        self.flops = 0.0
+
+    def _mask(self):
+        torch = self.torch
+        batch = self.video.shape[0]
+        order = torch.rand(batch, self.per_slot).argsort(dim=1)[:, :self.masked]
+        spatial = torch.zeros(batch, self.per_slot, dtype=torch.bool).scatter_(1, order, True)
+        return spatial.repeat(1, self.slots)                 # same spatial mask in every time slot
+
+    def _run(self):
+        torch = self.torch
+        pixels = (self.video.permute(0, 1, 4, 2, 3).float() / 255.0 - self.mean) / self.std
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.model(pixels, bool_masked_pos=self._mask()).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return loss.detach()
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        self._run()
+        return time.perf_counter() - start
+
+
+class PeakRunner:
+    """The library's matmul peak measurement; `step()` returns FLOP/s instead of seconds."""
+
+    def __init__(self, case: Case):
+        from twlv_jax.train import flops
+        self.measure = functools.partial(flops.measured_peak.__wrapped__, case.precision)
+        self.compile_s, self.flops, self.loss = 0.0, 0.0, 0.0
+
+    def step(self) -> float:
+        return self.measure(repeats=3)
+
+
+RUNNERS = {"jax": JaxRunner, "torch": TorchRunner, "peak": PeakRunner}
+
+
+def cores() -> int:
+    """CPU cores this process may use (what XLA's CPU client and torch threads are sized to)."""
+    return len(os.sched_getaffinity(0))
+
+
+def reply(**message) -> None:
+    print(MARK + json.dumps(message), flush=True)
+
+
+def worker(spec: str) -> int:
+    """Builds the case, then answers `step`, `profile` and `quit` read from stdin."""
+    case = Case(**json.loads(spec))
+    runner = RUNNERS[case.framework](case)
+    extra = {"attention": runner.attention} if case.framework == "torch" else {}
+    if case.framework == "jax":
+        extra["grad_norms"] = runner.grad_norms
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    reply(compile_s=runner.compile_s, flops=runner.flops, loss=runner.loss, rss_gb=rss_gb, **extra)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            reply(value=runner.step())
+        elif command == "profile":
+            reply(profile=runner.profile())
+        else:
+            break
+    return 0
+
+
+class Worker:
+    """The parent's handle on a worker process."""
+
+    def __init__(self, case: Case):
+        self.case = case
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(dataclasses.asdict(case))],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info: dict = {}
+
+    def read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK):])
+        raise RuntimeError(f"worker for {self.case.label} exited with {self.process.wait()}")
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        """Asks the worker to quit; kills it if it does not within a minute."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: groups of interleaved cases
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    values: list[float]
+    compile_s: float
+    flops: float
+    loss: float
+    attention: str = ""
+    grad_norms: tuple[float, ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        return float(np.median(self.values))
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.case.batch / self.seconds
+
+
+def start_workers(cases: list[Case], workers: list[Worker]) -> None:
+    """Starts a worker per case into `workers`, compiling in parallel; one after the other when
+    the group holds a twlv model (each takes several GB while it compiles)."""
+    one_by_one = any(c.objective == "twlv" and c.size != "tiny" for c in cases)
+    for case in cases:
+        workers.append(Worker(case))
+        if one_by_one:
+            workers[-1].info = workers[-1].read()
+    for w in workers:
+        w.info = w.info or w.read()
+        print(f"   ready: {w.case.label} (compile + first step {w.info['compile_s']:.1f} s, "
+              f"loss {w.info['loss']:.4f}, peak RSS {w.info['rss_gb']:.1f} GB)", flush=True)
+
+
+def run_group(cases: list[Case], steps: int, warmup: int, profile: tuple[Case, ...] = ()) -> tuple:
+    """Starts every case's worker, then interleaves their steps."""
+    print(f"\n-- group: {', '.join(c.label for c in cases if c.framework != 'peak')}", flush=True)
+    workers: list[Worker] = []
+    try:
+        start_workers(cases, workers)
+        for _ in range(warmup):
+            for w in workers:
+                w.ask("step")
+        values = {w.case: [] for w in workers}
+        for round_ in range(steps):
+            for w in workers:
+                values[w.case].append(w.ask("step")["value"])
+            print(f"   round {round_ + 1}/{steps}: " + ", ".join(
+                f"{w.case.label.split(' x')[0]} {values[w.case][-1]:.2f}" for w in workers
+                if w.case.framework != "peak"), flush=True)
+        profiles = {w.case: w.ask("profile")["profile"] for w in workers if w.case in profile}
+    finally:
+        for w in workers:
+            w.close()
+    results = [Result(w.case, values[w.case], w.info["compile_s"], w.info["flops"], w.info["loss"],
+                      w.info.get("attention", ""), tuple(w.info.get("grad_norms", ()))) for w in workers]
+    return results, profiles
+
+
+def peak_cases(precisions) -> list[Case]:
+    return [Case("peak", precision=p) for p in precisions]
+
+
+def plan(args) -> list[dict]:
+    """The groups to run, each a list of cases measured side by side: per size and precision ours
+    (and the variants on the largest size) with HF PyTorch for videomae; per size the twlv cases
+    (variants: the library and the fastest one). Profiles: library and fastest variant, largest size."""
+    groups = []
+    largest = args.sizes[-1]
+
+    def variants(size: str, precision: str) -> list[str]:
+        return VARIANTS[precision] if size == largest and not args.no_variants else ["library"]
+
+    for size in args.sizes:
+        for objective in args.objectives:
+            batch = args.batch or BATCH[objective][size]
+            steps = args.steps or STEPS[objective]
+            if objective == "twlv":          # a group per precision where variants run (memory)
+                together = [args.precisions] if size != largest or args.no_variants else \
+                    [[p] for p in args.precisions]
+                for precisions in together:
+                    cases = [Case("jax", size, objective, p, batch, v) for p in precisions
+                             for v in dict.fromkeys([variants(size, p)[0], variants(size, p)[-1]])]
+                    groups.append(dict(cases=cases + peak_cases(precisions), steps=steps, profile=()))
+                continue
+            for precision in args.precisions:
+                names = variants(size, precision)
+                cases = [Case("jax", size, objective, precision, batch, v, check=len(names) > 1)
+                         for v in names]
+                if not args.no_torch:
+                    cases.append(Case("torch", size, objective, precision, batch))
+                profile = () if args.no_profile or size != largest else (cases[0], cases[len(names) - 1])
+                groups.append(dict(cases=cases + peak_cases([precision]), steps=steps,
+                                   profile=tuple(dict.fromkeys(profile))))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def machine() -> str:
+    import jax
+    import torch
+    import transformers
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if "model name" in line),
+                     platform.processor())
+        f.seek(0)
+        flags = f.read()
+    isa = [name for name in ("avx512f", "avx512_bf16", "amx_bf16") if f" {name}" in flags]
+    return (f"{model} ({', '.join(isa)}), {cores()} cores used of {os.cpu_count()}, load average "
+            f"{os.getloadavg()[0]:.2f} at start; Python {platform.python_version()}, JAX {jax.__version__} "
+            f"(CPU), torch {torch.__version__} ({cores()} threads), transformers {transformers.__version__}")
+
+
+def peaks(results: list[Result]) -> dict[str, float]:
+    """Best matmul FLOP/s per precision over every measurement of the run."""
+    best = collections.defaultdict(float)
+    for r in results:
+        if r.case.framework == "peak":
+            best[r.case.precision] = max(best[r.case.precision], *r.values)
+    return dict(best)
+
+
+def mfu(result: Result, peak: dict[str, float]) -> float:
+    return result.flops / result.seconds / peak[result.case.precision]
+
+
+def index(results: list[Result]) -> dict[tuple, Result]:
+    return {(r.case.framework, r.case.size, r.case.objective, r.case.precision, r.case.variant): r
+            for r in results}
+
+
+def fastest(results: list[Result], case: Case) -> Result:
+    """Our fastest variant for the case's size, objective and precision."""
+    ours = [r for r in results if r.case.framework == "jax" and
+            (r.case.size, r.case.objective, r.case.precision) == (case.size, case.objective, case.precision)]
+    return min(ours, key=lambda r: r.seconds)
+
+
+def grad_difference(result: Result, library: Result) -> str:
+    """Largest relative difference of per-parameter gradient norms from the library's."""
+    if not result.grad_norms or not library.grad_norms:
+        return "-"
+    ours, base = np.asarray(result.grad_norms), np.asarray(library.grad_norms)
+    nonzero = base > 0
+    return f"{np.max(np.abs(ours[nonzero] - base[nonzero]) / base[nonzero]):.1e}"
+
+
+def main_table(results: list[Result], peak: dict[str, float]) -> list[str]:
+    rows = ["| size | objective | precision | batch | step (s) | clips/s | model GFLOP/step | "
+            "achieved GFLOP/s | MFU |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.case.framework == "jax" and r.case.variant == "library":
+            rows.append(f"| {r.case.size} | {r.case.objective} | {r.case.precision} | {r.case.batch} | "
+                        f"{r.seconds:.3f} | {r.clips_per_s:.2f} | {r.flops / 1e9:.1f} | "
+                        f"{r.flops / r.seconds / 1e9:.1f} | {mfu(r, peak):.1%} |")
+    return rows
+
+
+def torch_table(results: list[Result]) -> list[str]:
+    rows = ["| size | precision | batch | HF PyTorch clips/s | ours (library) clips/s | ours / HF | "
+            "ours, fastest variant / HF |", "|---|---|---:|---:|---:|---:|---:|"]
+    by_key = index(results)
+    for r in results:
+        ours = by_key.get(("jax", r.case.size, r.case.objective, r.case.precision, "library"))
+        if r.case.framework == "torch" and ours:
+            best = fastest(results, r.case)
+            rows.append(f"| {r.case.size} | {r.case.precision} | {r.case.batch} | {r.clips_per_s:.2f} | "
+                        f"{ours.clips_per_s:.2f} | {ours.clips_per_s / r.clips_per_s:.2f}x | "
+                        f"{best.clips_per_s / r.clips_per_s:.2f}x ({best.case.variant}) |")
+    return rows
+
+
+def variant_table(results: list[Result], peak: dict[str, float]) -> list[str]:
+    rows = ["| size | objective | precision | variant | step (s) | clips/s | MFU | vs library | "
+            "vs HF PyTorch | grad-norm diff |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    by_key = index(results)
+    sizes = {r.case.size for r in results if r.case.variant != "library"}
+    for r in results:
+        c = r.case
+        if c.framework != "jax" or c.size not in sizes:
+            continue
+        base = by_key[("jax", c.size, c.objective, c.precision, "library")]
+        hf = by_key.get(("torch", c.size, c.objective, c.precision, "library"))
+        versus = f"{r.clips_per_s / hf.clips_per_s:.2f}x" if hf else "-"
+        rows.append(f"| {c.size} | {c.objective} | {c.precision} | {c.variant} | {r.seconds:.3f} | "
+                    f"{r.clips_per_s:.2f} | {mfu(r, peak):.1%} | {base.seconds / r.seconds:.2f}x | "
+                    f"{versus} | {grad_difference(r, base) if r is not base else ''} |")
+    return rows
+
+
+def targets(results: list[Result], peak: dict[str, float]) -> list[str]:
+    """The issue's two targets, checked for the library and for the fastest variant."""
+    lines = []
+    for r in results:
+        ours = index(results).get(("jax", r.case.size, r.case.objective, r.case.precision, "library"))
+        if r.case.framework == "torch" and ours and r.case.size != "tiny":
+            best = fastest(results, r.case)
+            ratio, best_ratio = ours.clips_per_s / r.clips_per_s, best.clips_per_s / r.clips_per_s
+            also = f", {best.case.variant} {best_ratio:.2f}x" if best is not ours else ""
+            lines.append(f"- {r.case.size} {r.case.precision}, ours >= 1.5x HF clips/s: library "
+                         f"{ratio:.2f}x{also}: {'met' if best_ratio >= 1.5 else 'not met'}.")
+    for r in results:
+        if r.case.framework == "jax" and r.case.size == "B" and r.case.variant == "library":
+            best = fastest(results, r.case)
+            also = f", {best.case.variant} {mfu(best, peak):.1%}" if best is not r else ""
+            lines.append(f"- B {r.case.objective} {r.case.precision}, MFU >= 50%: library "
+                         f"{mfu(r, peak):.1%}{also}: {'met' if mfu(best, peak) >= 0.5 else 'not met'}.")
+    return lines
+
+
+def profile_section(profiles: dict[Case, dict]) -> list[str]:
+    lines = []
+    for case, p in profiles.items():
+        total = p["total_ms"]
+        lines += ["", f"**{case.label}** (traced step {p['step_s']:.2f} s; op time summed over threads "
+                  f"{total / 1e3:.2f} s; XLA cost analysis: {p['xla_flops'] / 1e9:.0f} GFLOP, "
+                  f"{p['xla_bytes'] / 1e9:.1f} GB accessed, loop bodies counted once)", "",
+                  "| part of the step | kind of work | share of op time |", "|---|---|---:|"]
+        shown = [row for row in p["parts"] if row[2] / total >= 0.015]
+        lines += [f"| {part} | {kind} | {ms / total:.1%} |" for part, kind, ms in shown]
+        rest = total - sum(row[2] for row in shown)
+        lines.append(f"| (everything under 1.5% each) | | {rest / total:.1%} |")
+        classes = "; ".join(f"{name} {ms / total:.0%}" for name, ms in
+                            sorted(p["classes"].items(), key=lambda kv: -kv[1]))
+        largest = "; ".join(f"`{name}` x{count} ({hlo_class}; {kind}; {part}) {ms / total:.1%}"
+                            for name, count, hlo_class, part, kind, ms in p["top"][:5])
+        lines += ["", f"By HLO op class: {classes}.", "", f"Largest ops: {largest}.", "",
+                  f"In short: {profile_summary(p)}"]
+    return lines
+
+
+def profile_summary(p: dict) -> str:
+    """Shares of op time: attention, matmuls (and how much of them ran on float32 inputs),
+    data movement, optimizer."""
+    total = p["total_ms"]
+    kind_share = lambda kind: sum(ms for _, k, ms in p["parts"] if k == kind) / total
+    matmul = sum(ms for name, ms in p["classes"].items() if name.startswith("matmul"))
+    f32 = sum(ms for name, ms in p["classes"].items() if name.startswith("matmul") and "bf16" not in name)
+    movement = p["classes"].get("data movement", 0.0) / total
+    return (f"attention softmax(QKᵀ)V {kind_share(ATTENTION):.0%} of op time; ops with a matmul "
+            f"{matmul / total:.0%} ({f32 / max(matmul, 1e-9):.0%} of that on float32-only inputs); "
+            f"pure data movement (copies, converts, slices) {movement:.0%}; optimizer update "
+            f"{kind_share('optimizer update'):.0%}.")
+
+
+def report(header: str, results: list[Result], profiles: dict, peak: dict, args) -> str:
+    hf = next((r for r in results if r.case.framework == "torch"), None)
+    peak_count = sum(len(r.values) for r in results if r.case.framework == "peak")
+    lines = ["# Train step: throughput and MFU", "", f"Machine: {header}.", "",
+             f"Command: `benchmarks/train_step.py {' '.join(args.argv) or '(defaults)'}`.", "",
+             f"Matmul peak measured in this run (2048^3, float32 accumulation, best of {peak_count} "
+             "measurements taken between the steps): "
+             + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peak.items()) + ".",
+             "", "## Our train step (the library as it is)", "", *main_table(results, peak), "",
+             "Step: median of the timed steps. MFU: analytic model FLOPs / step time / measured matmul "
+             "peak at the step's precision (bfloat16: bf16 matmuls with float32 accumulation).", ""]
+    if hf:
+        lines += ["## Against Hugging Face VideoMAEForPreTraining (PyTorch, CPU)", "",
+                  *torch_table(results), "", SAME_WORK.format(attention=hf.attention, cores=cores()), ""]
+    if any(r.case.variant != "library" for r in results):
+        lines += ["## Candidate improvements (scratch copies in this script; library unchanged)", "",
+                  *variant_table(results, peak), "", VARIANTS_NOTE, ""]
+    if hf:
+        lines += ["## Targets", "", *targets(results, peak), ""]
+    if profiles:
+        lines += ["## Profile: what the step spends its time on", "", PROFILE_NOTE,
+                  *profile_section(profiles), ""]
+    lines += ["## All measurements", "",
+              "| case | compile + first step (s) | timed steps (s; peak: GFLOP/s) |", "|---|---:|---|"]
+    for r in results:
+        scale = 1e-9 if r.case.framework == "peak" else 1.0
+        values = ", ".join(f"{v * scale:.2f}" for v in r.values)
+        lines.append(f"| {r.case.label} | {r.compile_s:.1f} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+SAME_WORK = """The same work on both sides:
+
+- encoder of the same size, 16 frames at 224 px, tubelets 2 x 16 x 16 (1568 tokens);
+- tube mask, int(0.9 x 196) = 176 of 196 tokens masked per time slot, sampled every step (160 visible);
+- VideoMAE's decoder width and depth (S: 192 wide, 3 heads; B: 384 wide, 6 heads; 4 blocks, MLP 4x)
+  over all 1568 tokens; per-tubelet normalised pixel targets (HF: norm_pix_loss=True, the default);
+  MSE over the masked tokens;
+- uint8 clips in, converted and normalised inside the timed step; global-norm gradient clipping at
+  1.0; AdamW (betas 0.9/0.95, weight decay 0.05); one full optimizer step per call; the same batch;
+- bfloat16: ours with model.dtype=bfloat16 (bf16 matmuls, float32 accumulation, float32 params,
+  norms and softmax); HF under torch.autocast('cpu', dtype=torch.bfloat16), float32 params;
+- torch.set_num_threads({cores}), the cores XLA uses.
+
+What differs: HF's attention is `{attention}`, PyTorch's fused CPU kernel, ours
+`jax.nn.dot_product_attention` lowered to plain XLA ops; our step also samples the mask on the
+device, computes loss metrics and the parameter, update and gradient norms, and is one compiled
+program (HF runs eagerly); HF has no final encoder norm (its mean-pooling config); HF decays every
+parameter, ours only matrices. Ours runs the VideoMAE layout (model.qkv_bias=qv,
+model.pos_embed=sincos1d), model.remat=none and model.drop_path=0 (HF has neither)."""
+VARIANTS_NOTE = """Each variant swaps a scratch copy of one library function, defined in this script, in while
+the step is traced (same parameters, same forward math); *grad-norm diff* is the largest relative
+difference of any parameter's gradient norm on the first batch from the library's.
+
+- *flash*: `flash_attention_call` for `Attention.__call__` (twlv_jax/models/layers.py). The library
+  calls `jax.nn.dot_product_attention`, which on CPU materialises the (B, H, N, N) float32 logits and
+  probabilities; the layer scan stacks them for every layer (zero-filled, then updated slice by
+  slice) and the backward reads them back: with the decoder's 1568 tokens that is most of the step.
+  The scratch version keeps the math but runs a custom-VJP attention over query blocks of at least
+  128 tokens that saves only q, k, v, the output and the log-sum-exp, and recomputes each block's
+  probabilities in the backward (flash-attention style). Its projections multiply by the kernels
+  viewed as 2-D matrices, so XLA does not transpose the (D, 3, H, Dh) kernel in the backward.
+- *bf16grad*: `low_precision_grads_matmul` for `layers.matmul`. With model.dtype=bfloat16 the
+  library's forward matmuls are bf16 x bf16 -> float32, but JAX differentiates them with the float32
+  cotangent, so XLA upcasts both backward matmuls (2/3 of the FLOPs) to float32 (see the HLO op
+  classes in the profile below). The scratch version is a custom VJP that casts the cotangent to
+  bf16 (float32 accumulation, as torch.autocast does) and saves the float32 operands, recasting them
+  in the backward: saving the bf16 copies instead makes the layer scan stack them in bf16, which
+  XLA's CPU backend does by converting the whole stacked buffer to float32 and back in every layer."""
+PROFILE_NOTE = """One step traced with `jax.profiler.trace` after the timed steps. Each HLO op's trace events
+are summed and attributed, through the compiled module's stack frames, to the line of `hybrid.losses`
+it comes from (part) and the innermost library function (kind of work); backward ops count for the
+forward code they differentiate, ops without source information (XLA's converts and copies of
+whole parameter stacks) as unattributed. Op time is summed over XLA's threads. The matmul classes
+name the element types the dots actually run in."""
+
+
+def index_page(header: str, results: list[Result], peak: dict) -> str:
+    lines = ["# Benchmarks", "",
+             "- [Data pipeline throughput](benchmarks/results/data.md) (`benchmarks/data.py`)",
+             "- [Train step: throughput, MFU, HF PyTorch comparison, candidate improvements, profile]"
+             "(benchmarks/results/train_step.md) (`benchmarks/train_step.py`)", "",
+             "## Train step", "", f"Machine: {header}.", "", *main_table(results, peak), ""]
+    if any(r.case.framework == "torch" for r in results):
+        lines += ["Against Hugging Face VideoMAEForPreTraining (PyTorch) on the same work:", "",
+                  *torch_table(results), "", *targets(results, peak), ""]
+    lines += ["Fairness notes, the candidate improvements and the profile: "
+              "[benchmarks/results/train_step.md](benchmarks/results/train_step.md).", ""]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,S,B", help="comma-separated encoder sizes (tiny, S, B)")
+    parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--objectives", default="videomae,twlv")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="clips per step for every case (default: per size and objective)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per case (default: 5 videomae, 2 twlv)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the compiling one")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: tiny only, 2 steps, no warm-up; prints, writes no files")
+    parser.add_argument("--no_torch", action="store_true", help="skip the HF PyTorch cases")
+    parser.add_argument("--no_variants", action="store_true", help="skip the candidate improvements")
+    parser.add_argument("--no_profile", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.quick:
+        args.sizes, args.steps, args.warmup = "tiny", args.steps or 2, 0
+    args.sizes = args.sizes.split(",")
+    args.precisions = args.precisions.split(",")
+    args.objectives = args.objectives.split(",")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    if args.worker:
+        return worker(args.worker)
+    header = machine()
+    print(f"Machine: {header}", flush=True)
+    start = time.perf_counter()
+    results, profiles, failures = [], {}, []
+    groups = plan(args)
+    for number, group in enumerate(groups, 1):
+        try:
+            group_results, group_profiles = run_group(group["cases"], group["steps"], args.warmup,
+                                                      group["profile"])
+        except RuntimeError as error:          # a worker died (out of memory, say): the group is lost
+            print(f"   group failed: {error}", flush=True)
+            failures.append(f"- Group not measured: {', '.join(c.label for c in group['cases'])}: {error}.")
+            group_results, group_profiles = [], {}
+        results += group_results
+        profiles.update(group_profiles)
+        done = f"{(time.perf_counter() - start) / 60:.1f} min" + ("" if number == len(groups) else
+                                                                 f", {number} of {len(groups)} groups")
+        text = report(header, results, profiles, peaks(results), args) + "\n".join(failures)
+        text += f"\n\nWhole run: {done}.\n"
+        if not args.quick:
+            write_results(text, index_page(header, results, peaks(results)))
+    print("\n" + text)
+    return 1 if failures else 0
+
+
+def write_results(text: str, index_text: str) -> None:
+    """The full report and the index page (rewritten after every group)."""
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    with open(INDEX, "w") as f:
+        f.write(index_text)
+    print(f"   wrote {os.path.relpath(RESULTS, ROOT)} and {os.path.relpath(INDEX, ROOT)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
