@@ -36,7 +36,7 @@ def get_config(arg=None):
         qkv_bias="all",                            # all | qv (VideoMAE) | none
         layerscale=0.0,                            # 0 disables; 1e-5 is a usual init
         pos_embed="sincos3d",                      # sincos3d | sincos1d (VideoMAE layout)
-        attention="xla",                           # xla | cudnn (GPUs: 1.7x faster) | auto
+        attention="auto",                          # auto (cudnn on GPUs, blockwise on CPUs) | xla
     ))
 
     c.teacher = ConfigDict(dict(

@@ -264,3 +264,50 @@ def test_image_teacher_matches_hugging_face_clip(tmp_path):
                                atol=1e-6)
     with pytest.raises(ValueError, match="2 vision layers, the teacher variant has 12"):
         hf_clip.clip_params(path, depth=12, heads=12)
+
+
+@pytest.mark.parametrize("tokens,heads", [(300, 2), (100, 3)])
+def test_blockwise_attention_matches_xla_forward_and_gradients(tokens, heads):
+    from twlv_jax.models.attention import blockwise_attention, query_blocks
+
+    assert query_blocks(300) == 2 and query_blocks(100) == 1 and query_blocks(1568) == 8
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, tokens, heads, 16))
+    probe = jax.random.normal(jax.random.key(1), (2, tokens, heads, 16))
+
+    def loss(attend, q, k, v):
+        return jnp.sum(attend(q, k, v) * probe)
+
+    reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    blockwise = lambda q, k, v: blockwise_attention(q, k, v, target=128)
+    np.testing.assert_allclose(blockwise(q, k, v), reference(q, k, v), atol=1e-5)
+    for ours, ref in zip(jax.grad(loss, argnums=(1, 2, 3))(blockwise, q, k, v),
+                         jax.grad(loss, argnums=(1, 2, 3))(reference, q, k, v)):
+        np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_matmul_runs_its_backward_in_bfloat16():
+    from twlv_jax.models.layers import matmul
+
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    w = jax.random.normal(jax.random.key(1), (16, 32))
+    loss = lambda x, w: jnp.sum(matmul(x, w, "bnd,do->bno", jnp.bfloat16) ** 2)
+    grads = jax.grad(loss, argnums=(0, 1))(x, w)
+    reference = jax.grad(lambda x, w: jnp.sum(jnp.einsum("bnd,do->bno", x, w) ** 2), argnums=(0, 1))(x, w)
+    for ours, ref in zip(grads, reference):
+        assert ours.dtype == jnp.float32
+        np.testing.assert_allclose(ours, ref, rtol=0.05, atol=0.5)
+    dots = [eqn for eqn in _equations(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w).jaxpr)
+            if eqn.primitive.name == "dot_general"]
+    assert len(dots) == 3                 # the forward and both backward matmuls ...
+    for eqn in dots:                      # ... take bfloat16 operands and give float32 results
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2
+        assert eqn.outvars[0].aval.dtype == jnp.float32
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)

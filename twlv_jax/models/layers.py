@@ -8,6 +8,7 @@ Blocks of a `Transformer` are stacked (leading `layers` axis) and run either wit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from twlv_jax.models.attention import blockwise_attention
 from twlv_jax.parallel.sharding import constrain
 
 F32 = jnp.float32
+IMPLEMENTATIONS = (None, "auto", "blockwise", "xla", "cudnn")
 INIT = nnx.initializers.truncated_normal(0.02)
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -39,14 +42,45 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init
 def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     """einsum in the compute dtype with float32 accumulation; the result is float32.
 
-    On GPUs and TPUs the product is written in the compute dtype (their bf16 matmuls
-    accumulate in float32 regardless) and widened afterwards: half the memory traffic,
-    1.37x faster ViT-B steps on an H200 (benchmarks/results/gpu_step.md). XLA's CPU
-    backend is fastest asking for float32 results directly.
+    In bfloat16 the backward matmuls run in bfloat16 too (float32 accumulation), as
+    `torch.autocast` does. On GPUs and TPUs the product is written in bfloat16 (their
+    matmuls accumulate in float32 regardless) and widened after: half the memory traffic,
+    1.37x faster ViT-B steps on an H200. XLA's CPU backend is fastest asking for float32
+    results, so there a custom gradient casts the incoming cotangent to bfloat16 instead
+    (without it both backward matmuls would run in float32).
     """
-    written = F32 if jax.default_backend() == "cpu" else dtype
-    y = jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=written)
+    if jnp.dtype(dtype) == F32:
+        return jnp.einsum(spec, x.astype(F32), kernel.astype(F32), preferred_element_type=F32)
+    if jax.default_backend() == "cpu":
+        return _low_precision_einsum(spec, jnp.dtype(dtype))(x, kernel)
+    y = jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
     return y.astype(F32)
+
+
+@functools.cache
+def _low_precision_einsum(spec: str, dtype):
+    """einsum(spec) of operands cast to `dtype` with a float32 result, whose VJP runs both
+    matmuls in `dtype` as well. The float32 operands are saved and cast again in the
+    backward (saving `dtype` copies makes XLA's CPU backend convert whole stacked buffers)."""
+    operands, out = spec.split("->")
+    lhs, rhs = operands.split(",")
+
+    @jax.custom_vjp
+    def einsum(a, b):
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=F32)
+
+    def forward(a, b):
+        return einsum(a, b), (a, b)
+
+    def backward(residuals, g):
+        a, b = residuals
+        a16, b16, g16 = a.astype(dtype), b.astype(dtype), g.astype(dtype)
+        da = jnp.einsum(f"{out},{rhs}->{lhs}", g16, b16, preferred_element_type=F32)
+        db = jnp.einsum(f"{lhs},{out}->{rhs}", a16, g16, preferred_element_type=F32)
+        return da.astype(a.dtype), db.astype(b.dtype)
+
+    einsum.defvjp(forward, backward)
+    return einsum
 
 
 class Dense(nnx.Module):
@@ -79,10 +113,12 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention through `jax.nn.dot_product_attention`.
+    """Multi-head self-attention.
 
     qkv kernel is (D, 3, H, Dh); `qkv_bias` is 'all', 'qv' (VideoMAE: no key bias) or 'none'.
-    `implementation` is passed on: 'xla', 'cudnn' (fused, GPUs) or None/'auto' (JAX chooses).
+    `implementation`: 'blockwise' (memory-efficient, `attention.py`), 'xla' or 'cudnn' (through
+    `jax.nn.dot_product_attention`), or 'auto': cuDNN on GPUs in 16-bit, blockwise on CPUs,
+    JAX's choice elsewhere.
     """
 
     def __init__(self, dim: int, heads: int, *, qkv_bias: str = "all", dtype=F32,
@@ -101,9 +137,9 @@ class Attention(nnx.Module):
         self.out = param(rngs, (heads, head_dim, dim), ("heads", "kv", "embed"))
         self.out_bias = param(rngs, (dim,), (None,), zeros)
         self.dtype = dtype
-        if implementation not in (None, "auto", "xla", "cudnn"):
-            raise ValueError(f"attention must be 'auto', 'xla' or 'cudnn', got {implementation!r}")
-        self.implementation = None if implementation == "auto" else implementation
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {IMPLEMENTATIONS[1:]}, got {implementation!r}")
+        self.implementation = implementation or "auto"
 
     def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         qkv = matmul(x, self.qkv[...], "bnd,dkhe->bnkhe", self.dtype)   # (B, N, 3, H, Dh)
@@ -116,10 +152,16 @@ class Attention(nnx.Module):
         return constrain(q, names), constrain(k, names), constrain(v, names)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v = self.project_qkv(x)
+        q, k, v = (t.astype(self.dtype) for t in self.project_qkv(x))
         impl = self.implementation
-        y = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype),
-                                         v.astype(self.dtype), implementation=impl)
+        if impl == "auto":
+            backend = jax.default_backend()
+            impl = ("blockwise" if backend == "cpu" else
+                    "cudnn" if backend == "gpu" and jnp.dtype(self.dtype).itemsize == 2 else None)
+        if impl == "blockwise":
+            y = blockwise_attention(q, k, v)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
         return matmul(y, self.out[...], "bnhe,hed->bnd", self.dtype) + self.out_bias[...]
 
     def cls_attention(self, x: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ DURATIONS = ("train.steps", "train.ckpt_every", "train.probe_every", "optim.warm
 CHOICES = {
     "model.variant": list(SIZES), "model.dtype": list(DTYPES),
     "model.remat": ["none", *REMAT_POLICIES], "model.qkv_bias": ["all", "qv", "none"],
-    "model.pos_embed": list(TABLES), "model.attention": ["xla", "cudnn", "auto"],
+    "model.pos_embed": list(TABLES), "model.attention": ["auto", "blockwise", "xla", "cudnn"],
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
 }
 POSITIVE = ("train.batch_size", "train.log_every", "optim.lr", "model.frames", "model.image_size",
