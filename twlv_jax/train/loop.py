@@ -224,8 +224,10 @@ def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, per
                                   examples_per_epoch=run.data_info.num_examples) if probe else 0
     sharding = batch_sharding(run.setup.mesh)
     timer, pending = Throughput(), []
+    # Across processes, agreeing on a stop is a collective: do it only every log_every steps.
+    check_every = 1 if jax.process_count() == 1 else c.log_every
     while run.step < total:
-        if run.stop.requested():
+        if run.step % check_every == 0 and run.stop.requested():
             return run.stop.signal_name or "a signal on another process"
         batch, position = next_batch(run, timer)
         video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
