@@ -120,8 +120,10 @@ def init_teachers(setup: Setup, weight_files: dict[str, str]) -> dict:
         path = weight_files.get(name)
         if path:
             values = _teacher_values(name, path, abstract, config)
-            result[name] = jax.tree.map(lambda v, s: jax.device_put(np.asarray(v), s),
-                                        values, shardings)
+            # Every process reads the file; each places only its own devices' shards.
+            result[name] = jax.tree.map(
+                lambda v, s: jax.make_array_from_callback(v.shape, s, lambda index, v=v: v[index]),
+                values, shardings)
             log.info("%s: loaded %s", name, path)
         else:
             init = lambda name=name: nnx.to_pure_dict(nnx.state(
