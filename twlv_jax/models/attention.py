@@ -4,8 +4,9 @@
 float32 logits and probabilities, and a layer scan keeps them for every layer until the
 backward pass. Here queries go in blocks: the forward keeps only q, k, v, the output and
 the log-sum-exp per query, and the backward recomputes each block's probabilities
-(FlashAttention's scheme, in plain JAX). On the 2-core CPU this makes a ViT-B VideoMAE
-step 1.4-1.6x faster and its peak memory ~40% lower (benchmarks/results/train_step.md).
+(FlashAttention's scheme, in plain JAX). Blocks run heads-major, (B, H, n, D), with one
+transpose in and out. On the 2-core CPU a ViT-B VideoMAE step is 1.2-1.6x faster than with
+`xla` attention and needs 46-63% less XLA temp memory (benchmarks/results/train_step.md).
 """
 
 from __future__ import annotations
@@ -27,24 +28,24 @@ def query_blocks(tokens: int, target: int = 256) -> int:
 
 
 def _split(x: jax.Array, blocks: int) -> jax.Array:
-    """(B, N, H, ...) -> (blocks, B, N/blocks, H, ...)."""
-    b, n = x.shape[:2]
-    return jnp.moveaxis(x.reshape(b, blocks, n // blocks, *x.shape[2:]), 1, 0)
+    """(B, H, N, ...) -> (blocks, B, H, N/blocks, ...)."""
+    b, h, n = x.shape[:3]
+    return jnp.moveaxis(x.reshape(b, h, blocks, n // blocks, *x.shape[3:]), 2, 0)
 
 
 def _merge(x: jax.Array) -> jax.Array:
-    """(blocks, B, n, H, ...) -> (B, blocks * n, H, ...)."""
-    blocks, b, n = x.shape[:3]
-    return jnp.moveaxis(x, 0, 1).reshape(b, blocks * n, *x.shape[3:])
+    """(blocks, B, H, n, ...) -> (B, H, blocks * n, ...)."""
+    blocks, b, h, n = x.shape[:4]
+    return jnp.moveaxis(x, 0, 2).reshape(b, h, blocks * n, *x.shape[4:])
 
 
 def _attend_block(q, k, v):
-    """Queries (B, n, H, D) against all keys: (output (B, n, H, D) float32, lse (B, n, H))."""
-    logits = jnp.einsum("bqhd,bkhd->bqhk", q, k, preferred_element_type=F32)
+    """Queries (B, H, n, D) against all keys: (output (B, H, n, D) float32, lse (B, H, n))."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=F32)
     top = logits.max(-1, keepdims=True)
     weights = jnp.exp(logits - top)
     total = weights.sum(-1, keepdims=True)
-    out = jnp.einsum("bqhk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=F32)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v, preferred_element_type=F32)
     return out / total, (top + jnp.log(total))[..., 0]
 
 
@@ -56,19 +57,19 @@ def _forward(q, k, v, blocks: int):
 
 def _backward(blocks: int, residuals, d_out):
     q, k, v, out, lse = residuals
-    delta = jnp.sum(d_out.astype(F32) * out, -1)                          # (B, N, H)
+    delta = jnp.sum(d_out.astype(F32) * out, -1)                          # (B, H, N)
     d_out = d_out.astype(v.dtype)
 
     def block(carry, xs):
         dk, dv = carry
         qb, dob, lse_b, delta_b = xs
-        logits = jnp.einsum("bqhd,bkhd->bqhk", qb, k, preferred_element_type=F32)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=F32)
         probs = jnp.exp(logits - lse_b[..., None])
-        dv = dv + jnp.einsum("bqhk,bqhd->bkhd", probs.astype(dob.dtype), dob, preferred_element_type=F32)
-        dp = jnp.einsum("bqhd,bkhd->bqhk", dob, v, preferred_element_type=F32)
+        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", probs.astype(dob.dtype), dob, preferred_element_type=F32)
+        dp = jnp.einsum("bhqd,bhkd->bhqk", dob, v, preferred_element_type=F32)
         ds = (probs * (dp - delta_b[..., None])).astype(qb.dtype)
-        dq = jnp.einsum("bqhk,bkhd->bqhd", ds, k, preferred_element_type=F32)
-        dk = dk + jnp.einsum("bqhk,bqhd->bkhd", ds, qb, preferred_element_type=F32)
+        dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k, preferred_element_type=F32)
+        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qb, preferred_element_type=F32)
         return (dk, dv), dq
 
     zeros = jnp.zeros(k.shape, F32)
@@ -87,6 +88,8 @@ _attend.defvjp(_forward, _backward)
 
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, target: int = 256) -> jax.Array:
     """softmax(q kᵀ / sqrt(D)) v for (B, N, H, D) inputs, as `jax.nn.dot_product_attention`;
-    the result is float32."""
+    the result is float32. The blocks run heads-major, (B, H, N, D): one transpose in and
+    out is cheaper than strided per-block matmuls."""
     scale = 1.0 / np.sqrt(q.shape[-1])
-    return _attend((q * scale).astype(q.dtype), k, v, query_blocks(q.shape[1], target))
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in ((q * scale).astype(q.dtype), k, v))
+    return _attend(q, k, v, query_blocks(q.shape[2], target)).transpose(0, 2, 1, 3)
