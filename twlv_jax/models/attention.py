@@ -5,8 +5,8 @@ float32 logits and probabilities, and a layer scan keeps them for every layer un
 backward pass. Here queries go in blocks: the forward keeps only q, k, v, the output and
 the log-sum-exp per query, and the backward recomputes each block's probabilities
 (FlashAttention's scheme, in plain JAX). Blocks run heads-major, (B, H, n, D), with one
-transpose in and out. On the 2-core CPU a ViT-B VideoMAE step is 1.2-1.6x faster than with
-`xla` attention and needs 46-63% less XLA temp memory (benchmarks/results/train_step.md).
+transpose in and out. On the 2-core CPU ViT-B train steps are 1.4-2.1x faster than with
+`xla` attention and need 45-62% less XLA temp memory (benchmarks/results/train_step.md).
 """
 
 from __future__ import annotations
