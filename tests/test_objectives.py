@@ -92,7 +92,9 @@ def test_random_teacher_policy():
     with pytest.raises(cfglib.ConfigError, match=r"teacher.weights is empty.*allow_random=true"):
         validate.teacher_warning(big)
     big.teacher.allow_random = True
-    assert "RANDOMLY INITIALISED" in validate.teacher_warning(big)
+    banner = validate.teacher_warning(big)
+    assert "RANDOMLY INITIALISED" in banner and "teacher.variant=clip_b16" in banner
+    assert {len(line) for line in banner.splitlines()} == {78}   # a closed box
     big.teacher.weights = "/some/file.safetensors"
     assert validate.teacher_warning(big) is None
 

@@ -5,6 +5,8 @@ Every problem is collected and reported together, each saying what to change.
 
 from __future__ import annotations
 
+import textwrap
+
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
 from twlv_jax.models.layers import REMAT_POLICIES
@@ -110,10 +112,10 @@ def teacher_warning(config) -> str | None:
             "meaningless. Give --config.teacher.weights=PATH (a local file), or set "
             "--config.teacher.allow_random=true for a smoke test.")
     width = 78
-    lines = ["THE IMAGE TEACHER IS RANDOMLY INITIALISED",
-             f"teacher.variant={config.teacher.variant} with no teacher.weights: distillation",
-             "targets and attention masks come from random features. Fine for smoke tests;",
-             "useless for real pretraining."]
+    lines = ["THE IMAGE TEACHER IS RANDOMLY INITIALISED", *textwrap.wrap(
+        f"teacher.variant={config.teacher.variant} with no teacher.weights: distillation "
+        "targets and attention masks come from random features. Fine for smoke tests; "
+        "useless for real pretraining.", width - 6)]
     return "\n".join(["!" * width, *(f"!! {line:<{width - 6}} !!" for line in lines), "!" * width])
 
 
