@@ -44,6 +44,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "data.md")
 # (name, videos, config argument, extra overrides, steps, log_every) of the data-wait runs.
 TRAIN_RUNS = (
     ("tiny, twlv objective", "synth", "variant=tiny", (), 200, 20),
+    ("tiny, twlv objective", "synth", "variant=tiny", ("--config.data.workers=0",), 200, 20),
     ("tiny, twlv objective", "gop16", "variant=tiny", (), 200, 20),
     ("S, videomae objective, bfloat16", "gop16", "variant=S,objective=videomae",
      ("--config.train.batch_size=4", "--config.optim.warmup=2"), 12, 3),
@@ -256,9 +257,9 @@ def write_report(header: str, rows, shape_rows, wait_rows, args) -> None:
     lines += [
         "", "Data wait in real training runs: `twlv train --config configs/pretrain.py:ARG` "
         "with the config's data settings (data.workers=2), "
-        "averaged over the logged intervals after the first; data wait is the share of wall "
-        "time the loop spent blocked on the next batch. Trainer and Grain workers share the "
-        "same cores.", "",
+        "averaged over the logged intervals after the first. Data wait is the share of wall "
+        "time the devices sat idle waiting for the next batch (the loop's wait after the last "
+        "dispatched step had finished). Trainer and Grain workers share the same cores.", "",
         "| run | videos | ARG and overrides | step (s) | clips/s | data wait |",
         "|---|---|---|---:|---:|---:|",
     ]

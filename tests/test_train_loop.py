@@ -16,6 +16,7 @@ from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 from twlv_jax.parallel.mesh import make_mesh
 from twlv_jax.train import checkpoint as ckptlib
 from twlv_jax.train import loop
+from twlv_jax.train import metrics as metricslib
 from twlv_jax.train import state as statelib
 
 # Subprocesses get 2 simulated devices: enough for a sharded mesh, quicker to compile.
@@ -98,6 +99,22 @@ def test_run_writes_metrics_config_events_and_checkpoints(videos, tmp_path):
     os.makedirs(os.path.join(workdir, "checkpoints", "13.orbax-checkpoint-tmp", "state"))
     again = loop.run(tiny_config(videos, "train.steps=14"), workdir)
     assert again["start_step"] == 12 and again["step"] == 14
+
+
+def test_data_wait_counts_only_time_after_the_last_step_finished():
+    assert metricslib.idle_time(10.0, 12.0, None) == 0.0          # the step still ran
+    assert metricslib.idle_time(10.0, 12.0, 9.0) == 2.0           # finished before the wait
+    assert metricslib.idle_time(10.0, 12.0, 11.5) == 0.5          # finished during it
+    with metricslib.Throughput() as timer:
+        timer.waited(1.0, 3.0)                                    # nothing dispatched yet
+        assert timer.data_wait == 2.0
+        done = jax.block_until_ready(jax.numpy.ones(()))
+        timer.dispatched(done)
+        while not timer._last_step.done():
+            time.sleep(0.01)
+        start = time.perf_counter()
+        timer.waited(start, start + 0.5)
+        assert timer.data_wait == 2.5 and timer.steps == 1
 
 
 def test_kill_9_and_restart_reproduce_the_uninterrupted_losses(videos, tmp_path):

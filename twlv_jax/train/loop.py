@@ -156,7 +156,7 @@ def next_batch(run: Run, timer: Throughput) -> tuple[dict, int]:
     while True:
         start = time.perf_counter()
         batch = next(run.data)
-        timer.data_wait += time.perf_counter() - start
+        timer.waited(start, time.perf_counter())
         position, run.batches = run.batches, run.batches + 1
         if position not in run.skipped:
             return batch, position
@@ -223,31 +223,32 @@ def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, per
     probe_every = cfglib.to_steps(c.probe_every, batch_size=c.batch_size,
                                   examples_per_epoch=run.data_info.num_examples) if probe else 0
     sharding = batch_sharding(run.setup.mesh)
-    timer, pending = Throughput(), []
+    pending = []
     # Across processes, agreeing on a stop is a collective: do it only every log_every steps.
     check_every = 1 if jax.process_count() == 1 else c.log_every
-    while run.step < total:
-        if run.step % check_every == 0 and run.stop.requested():
-            return run.stop.signal_name or "a signal on another process"
-        batch, position = next_batch(run, timer)
-        video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
-        poison = np.float32(np.nan if position in c.inject_nan_batches else 0.0)
-        run.state, metrics = compiled(run.state, run.teachers, video, poison)
-        run.step = step = run.step + 1
-        timer.steps += 1
-        pending.append((step, position, metrics))
-        writer.advance()
-        due_ckpt = ckpt_every and step % ckpt_every == 0
-        due_probe = probe_every and step % probe_every == 0
-        if not (step % c.log_every == 0 or due_ckpt or due_probe or step == total):
-            continue
-        if not flush(run, pending, writer, timer, perf):
-            continue                                    # rolled back
-        if due_ckpt:
-            save(run)
-        if due_probe:
-            run_probe(run, probe, writer)
-    return "done"
+    with Throughput() as timer:
+        while run.step < total:
+            if run.step % check_every == 0 and run.stop.requested():
+                return run.stop.signal_name or "a signal on another process"
+            batch, position = next_batch(run, timer)
+            video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
+            poison = np.float32(np.nan if position in c.inject_nan_batches else 0.0)
+            run.state, metrics = compiled(run.state, run.teachers, video, poison)
+            run.step = step = run.step + 1
+            timer.dispatched(metrics["loss"])
+            pending.append((step, position, metrics))
+            writer.advance()
+            due_ckpt = ckpt_every and step % ckpt_every == 0
+            due_probe = probe_every and step % probe_every == 0
+            if not (step % c.log_every == 0 or due_ckpt or due_probe or step == total):
+                continue
+            if not flush(run, pending, writer, timer, perf):
+                continue                                    # rolled back
+            if due_ckpt:
+                save(run)
+            if due_probe:
+                run_probe(run, probe, writer)
+        return "done"
 
 
 def run_probe(run: Run, probe: KnnProbe, writer: MetricsWriter) -> None:

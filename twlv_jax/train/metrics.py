@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
@@ -84,13 +85,31 @@ class MetricsWriter:
 
 
 class Throughput:
-    """Wall time, data-wait time and steps since the last report."""
+    """Wall time, steps and data wait since the last report.
+
+    Data wait counts only time the devices sat idle for want of a batch: steps run
+    asynchronously, so a background thread notes when each dispatched step finishes, and
+    waiting for the next batch while a step still runs costs nothing.
+    """
 
     def __init__(self):
+        self._watcher = ThreadPoolExecutor(1, thread_name_prefix="twlv-step-watch")
+        self._last_step: Future | None = None
         self.reset()
 
     def reset(self) -> None:
         self.start, self.data_wait, self.steps = time.perf_counter(), 0.0, 0
+
+    def dispatched(self, loss) -> None:
+        """A step was dispatched; `loss` (a jax.Array) is ready when it has finished."""
+        self.steps += 1
+        self._last_step = self._watcher.submit(_finished_at, loss)
+
+    def waited(self, start: float, end: float) -> None:
+        """The loop waited for a batch from `start` to `end` (time.perf_counter)."""
+        last = self._last_step
+        finished = -math.inf if last is None else last.result() if last.done() else None
+        self.data_wait += idle_time(start, end, finished)
 
     def report(self, batch_size: int, flops_per_step: float, peak_flops: float) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -101,3 +120,22 @@ class Throughput:
             result["mfu"] = self.steps * flops_per_step / elapsed / peak_flops
         self.reset()
         return result
+
+    def __enter__(self) -> Throughput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._watcher.shutdown(wait=True)
+
+
+def idle_time(start: float, end: float, finished: float | None) -> float:
+    """The part of a wait from `start` to `end` after the last dispatched step finished at
+    `finished` (None: it was still running at `end`)."""
+    if finished is None:
+        return 0.0
+    return max(0.0, end - max(start, finished))
+
+
+def _finished_at(loss) -> float:
+    loss.block_until_ready()
+    return time.perf_counter()
