@@ -109,26 +109,26 @@ def load_params(path: str, abstract_params: dict, *, strict: bool = True) -> tup
         raise FileNotFoundError(f"init_from: no checkpoint found under {path!r}")
     saved = weightlib.flatten(checkpoints.state_metadata(step).get("params", {}))
     expected = weightlib.flatten(abstract_params)
-    problems, report = [], []
+    problems = {}                                   # parameter name -> what is wrong
     for name, ref in expected.items():
         if name not in saved:
-            problems.append(f"params.{name} is missing from the checkpoint")
+            problems[name] = f"params.{name} is missing from the checkpoint"
         elif tuple(saved[name].shape) != tuple(ref.shape):
-            problems.append(f"params.{name} has shape {tuple(saved[name].shape)} in the checkpoint, "
-                            f"the model expects {tuple(ref.shape)}")
+            problems[name] = (f"params.{name} has shape {tuple(saved[name].shape)} in the "
+                              f"checkpoint, the model expects {tuple(ref.shape)}")
+    messages = list(problems.values())
     if problems and strict:
-        raise ValueError(f"init_from {directory} (step {step}): " + "; ".join(problems[:8])
-                         + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"init_from {directory} (step {step}): " + "; ".join(messages[:8])
+                         + (f"; and {len(messages) - 8} more" if len(messages) > 8 else "")
                          + ". Set init_strict=false to keep fresh values for these.")
-    bad = {p.split(" ")[0][len("params."):] for p in problems}
-    target = weightlib.unflatten({k: v for k, v in expected.items() if k not in bad})
+    target = weightlib.unflatten({k: v for k, v in expected.items() if k not in problems})
     restored = checkpoints.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore({"params": target}, partial_restore=True,
                                      restore_args=ocp.checkpoint_utils.construct_restore_args(
                                          {"params": target}))))
     checkpoints.close()
-    report = [f"loaded {len(expected) - len(bad)} of {len(expected)} parameter arrays from "
-              f"{directory} step {step}", *problems]
+    report = [f"loaded {len(expected) - len(problems)} of {len(expected)} parameter arrays "
+              f"from {directory} step {step}", *messages]
     return restored["state"]["params"], report
 
 

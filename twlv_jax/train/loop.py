@@ -228,8 +228,8 @@ def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, per
     check_every = 1 if jax.process_count() == 1 else c.log_every
     with Throughput() as timer:
         while run.step < total:
-            if run.step % check_every == 0 and run.stop.requested():
-                return run.stop.signal_name or "a signal on another process"
+            if run.step % check_every == 0 and (signal := preempted(run)):
+                return signal
             batch, position = next_batch(run, timer)
             video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
             poison = np.float32(np.nan if position in c.inject_nan_batches else 0.0)

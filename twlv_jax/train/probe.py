@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from twlv_jax.data.evaluation import eval_batches
 from twlv_jax.data.transforms import normalize
 from twlv_jax.eval.knn import knn_accuracy
+from twlv_jax.parallel.mesh import replicated
 from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
 
@@ -43,14 +42,14 @@ class KnnProbe:
                 raise ValueError(f"train.probe_path: no readable videos in {manifest}")
             self.splits[split] = batches
         self.labels = [k for k in self.splits["train"][0] if k not in ("video", "index")]
-        self.replicated = replicated = NamedSharding(setup.mesh, P())
+        self.replicated = whole = replicated(setup.mesh)
 
         def embed(student_params, video):
             student = nnx.merge(setup.student_def, student_params)
             return student(normalize(video, jnp.float32))["pooled"]
 
         self.embed = jax.jit(embed, in_shardings=(setup.state_shardings["params"]["student"],
-                                                  replicated), out_shardings=replicated)
+                                                  whole), out_shardings=whole)
 
     def _features(self, params, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feats, labels = [], {name: [] for name in self.labels}

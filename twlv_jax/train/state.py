@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from twlv_jax import models
 from twlv_jax.config import ConfigError
@@ -28,6 +27,7 @@ from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import hybrid
 from twlv_jax.objectives.presets import Objective, resolve
 from twlv_jax.parallel import sharding
+from twlv_jax.parallel.mesh import replicated
 from twlv_jax.train.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,13 @@ def build(config, mesh: Mesh, *, total_steps: int, warmup_steps: int) -> Setup:
                             total_steps=total_steps, warmup_steps=warmup_steps,
                             depth=models.SIZES[config.model.variant].depth)
     opt = jax.eval_shape(tx.init, params)
-    replicated = NamedSharding(mesh, P())
+    whole = replicated(mesh)
     opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
+                                   transform_non_params=lambda _: whole)
     abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32),
                 "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
                 "params": params, "opt": opt}
-    shardings = {"step": replicated, "rng": replicated, "params": param_sh, "opt": opt_sh}
+    shardings = {"step": whole, "rng": whole, "params": param_sh, "opt": opt_sh}
     if "latent" in objective.weights:
         abstract["ema"], shardings["ema"] = params["student"], param_sh["student"]
 
