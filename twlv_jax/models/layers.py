@@ -49,12 +49,33 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     results, so there a custom gradient casts the incoming cotangent to bfloat16 instead
     (without it both backward matmuls would run in float32).
     """
+    on_cpu = jax.default_backend() == "cpu"
+    if on_cpu and kernel.ndim > 2 and (split := _matrix_split(spec)):
+        # A kernel with several contracting or output axes: XLA's CPU backend copies it,
+        # transposed, for the backward matmul (4x slower ViT qkv backward); as a matrix its
+        # backward reads the kernel as it is.
+        inner = kernel.shape[:split]
+        y = matmul(x.reshape(*x.shape[:x.ndim - split], -1),         # (..., prod(inner))
+                   kernel.reshape(int(np.prod(inner)), -1), "...i,io->...o", dtype)
+        return y.reshape(*y.shape[:-1], *kernel.shape[split:])
     if jnp.dtype(dtype) == F32:
         return jnp.einsum(spec, x.astype(F32), kernel.astype(F32), preferred_element_type=F32)
-    if jax.default_backend() == "cpu":
+    if on_cpu:
         return _low_precision_einsum(spec, jnp.dtype(dtype))(x, kernel)
     y = jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
     return y.astype(F32)
+
+
+def _matrix_split(spec: str) -> int | None:
+    """For einsums `x kernel -> y` that are one matrix product, x (..., C) by kernel (C, R) with
+    C and R groups of axes (x's last, the kernel's first and last), the number of C axes."""
+    operands, out = spec.split("->")
+    lhs, rhs = operands.split(",")
+    split = sum(1 for axis in rhs if axis in lhs and axis not in out)
+    contracted, kept = rhs[:split], rhs[split:]
+    if split and lhs.endswith(contracted) and out == lhs[:-split] + kept:
+        return split
+    return None
 
 
 @functools.cache
