@@ -61,20 +61,30 @@ def _backward(blocks: int, residuals, d_out):
     d_out = d_out.astype(v.dtype)
 
     def block(carry, xs):
-        dk, dv = carry
-        qb, dob, lse_b, delta_b = xs
+        dk_t, dv_t = carry                                                # (B, H, D, N) each
+        qb, dob, qb_t, dob_t, lse_b, delta_b = xs
         logits = jnp.einsum("bhqd,bhkd->bhqk", qb, k, preferred_element_type=F32)
         probs = jnp.exp(logits - lse_b[..., None])
-        dv = dv + jnp.einsum("bhqk,bhqd->bhkd", probs.astype(dob.dtype), dob, preferred_element_type=F32)
+        dv_t = dv_t + jnp.einsum("bhdq,bhqk->bhdk", dob_t, probs.astype(dob.dtype),
+                                 preferred_element_type=F32)
         dp = jnp.einsum("bhqd,bhkd->bhqk", dob, v, preferred_element_type=F32)
         ds = (probs * (dp - delta_b[..., None])).astype(qb.dtype)
         dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k, preferred_element_type=F32)
-        dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qb, preferred_element_type=F32)
-        return (dk, dv), dq
+        dk_t = dk_t + jnp.einsum("bhdq,bhqk->bhdk", qb_t, ds, preferred_element_type=F32)
+        return (dk_t, dv_t), dq
 
-    zeros = jnp.zeros(k.shape, F32)
-    xs = (_split(q, blocks), _split(d_out, blocks), _split(lse, blocks), _split(delta, blocks))
-    (dk, dv), dq = jax.lax.scan(block, (zeros, zeros), xs)
+    # dK and dV contract over the queries. XLA's CPU backend runs a product contracting the
+    # probabilities' leading axis as a float32 loop, so the accumulators are kept transposed,
+    # (B, H, D, N), from small transposed copies of the query and gradient blocks (a barrier
+    # keeps XLA from folding the transposes back into the products): 1.3x faster bfloat16
+    # attention at the pixel decoder's shape.
+    q_blocks, d_out_blocks = _split(q, blocks), _split(d_out, blocks)     # (blocks, B, H, n, D)
+    transposed = jax.lax.optimization_barrier((q_blocks.swapaxes(-1, -2),
+                                               d_out_blocks.swapaxes(-1, -2)))
+    zeros = jnp.zeros(k.swapaxes(-1, -2).shape, F32)
+    xs = (q_blocks, d_out_blocks, *transposed, _split(lse, blocks), _split(delta, blocks))
+    (dk_t, dv_t), dq = jax.lax.scan(block, (zeros, zeros), xs)
+    dk, dv = (t.swapaxes(-1, -2) for t in jax.lax.optimization_barrier((dk_t, dv_t)))
     return _merge(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
