@@ -266,11 +266,14 @@ def test_image_teacher_matches_hugging_face_clip(tmp_path):
         hf_clip.clip_params(path, depth=12, heads=12)
 
 
-@pytest.mark.parametrize("tokens,heads", [(300, 2), (100, 3)])
+@pytest.mark.parametrize("tokens,heads", [(300, 2), (100, 3), (800, 2)])
 def test_blockwise_attention_matches_xla_forward_and_gradients(tokens, heads):
-    from twlv_jax.models.attention import blockwise_attention, query_blocks
+    from twlv_jax.models.attention import blockwise_attention, plan, query_blocks
 
     assert query_blocks(300) == 2 and query_blocks(100) == 1 and query_blocks(1568) == 8
+    # Short sequences: all heads at once; long ones: one head at a time, blocks of >= 392.
+    assert plan(24, 160) == (24, 1) and plan(4, 300, 128) == (4, 4)
+    assert plan(12, 1568) == (1, 4) and plan(4, 800, 128) == (1, 2)
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, tokens, heads, 16))
     probe = jax.random.normal(jax.random.key(1), (2, tokens, heads, 16))
 
