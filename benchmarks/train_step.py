@@ -1,6 +1,6 @@
 """Train-step throughput and model FLOPs utilisation (MFU): our JAX step against Hugging Face
-`VideoMAEForPreTraining` (PyTorch) on the same work, our step with the library's blockwise
-attention against XLA's, and a profile of what bounds the step.
+`VideoMAEForPreTraining` (PyTorch) on the same work, our step against two variants of it (XLA's
+attention, the layer scan), and a profile of what bounds the step.
 
     .venv/bin/python benchmarks/train_step.py [--sizes tiny,S,B] [--precisions float32,bfloat16]
         [--objectives videomae,twlv] [--batch N] [--steps N] [--quick]
@@ -8,7 +8,7 @@ attention against XLA's, and a profile of what bounds the step.
 Writes benchmarks/results/train_step.md and the CPU train-step section of BENCHMARKS.md, and
 prints the report.
 
-Every case (one model, objective, precision, attention) runs in a worker process of its own, so
+Every case (one model, objective, precision, variant) runs in a worker process of its own, so
 each has its own memory and threads. The cases that are compared with each other form a
 group: their workers are alive together and the parent asks each for one step in turn, round
 after round, so that they share the load of this shared machine. Step times are medians of the
@@ -17,10 +17,12 @@ model FLOPs of a step (`twlv_jax.train.flops.train_step`) over the step time and
 (`flops.measured_peak`: 2048^3, float32 accumulation), measured between the steps of the same
 run; the best of those measurements is used.
 
-Attention: our cases run with the config override model.attention=blockwise (what the default,
-`auto`, picks on CPUs: `twlv_jax/models/attention.py`). On the largest size the same step also
-runs with model.attention=xla (`jax.nn.dot_product_attention(implementation="xla")`, the
-library's behaviour before blockwise attention), side by side in the same groups.
+Our step: model.attention=blockwise (what the default, `auto`, picks on CPUs:
+`twlv_jax/models/attention.py`) and model.scan=false (layers unrolled, faster on XLA's CPU
+backend than the layer scan of the config default). On the largest size the same step also runs
+with one override changed, side by side in the same groups: model.attention=xla
+(`jax.nn.dot_product_attention(implementation="xla")`, the library's behaviour before blockwise
+attention) and model.scan=true (the config default).
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train_step.md")
 INDEX = os.path.join(ROOT, "BENCHMARKS.md")
 MARK = "@@"                                  # worker replies: one JSON object per line after MARK
-DEFAULT = "blockwise"                         # model.attention the library picks on CPUs
-COMPARED = "xla"                             # ... and the previous behaviour, on the largest size
+# Our step: the attention the library picks on CPUs, layers unrolled.
+OURS = (("model.attention", "blockwise"), ("model.scan", "false"))
+# Variants of our step on the largest size: one override each (model.KEY=VALUE).
+VARIANTS = ("attention=xla", "scan=true")
 # Default batch (clips) per size; the twlv objective runs a frozen CLIP-B and an EMA encoder too.
 BATCH = {"videomae": {"tiny": 8, "S": 2, "B": 2}, "twlv": {"tiny": 8, "S": 1, "B": 1}}
 STEPS = {"videomae": 5, "twlv": 2}
@@ -65,14 +69,15 @@ class Case:
     objective: str = "videomae"
     precision: str = "float32"
     batch: int = 0
-    attention: str = DEFAULT     # model.attention of our step
-    check: bool = False          # record first-batch gradient norms (compared between attentions)
+    variant: str = ""            # our step with one override, model.<variant> ("": ours as it is)
+    check: bool = False          # record first-batch gradient norms (compared between variants)
 
     @property
     def label(self) -> str:
         if self.framework == "peak":
             return f"matmul peak {self.precision}"
-        who = "HF PyTorch" if self.framework == "torch" else f"ours ({self.attention})"
+        who = "ours" + (f" ({self.variant})" if self.variant else "")
+        who = "HF PyTorch" if self.framework == "torch" else who
         return f"{who} {self.size} {self.objective} {self.precision} x{self.batch}"
 
 
@@ -94,10 +99,10 @@ PARTS = (("student_model(", "encoder"), ("model.pixel.loss", "pixel decoder + lo
 # innermost library function -> kind of work
 ATTENTION = "attention softmax(QKᵀ)V"
 KINDS = (("attention.py:", ATTENTION),
-         ("matmul", "dense matmuls"), ("low_precision", "dense matmuls"), ("Dense.", "dense matmuls"),
+         ("matmul", "dense matmuls"), ("_cpu_einsum", "dense matmuls"), ("Dense.", "dense matmuls"),
          ("project_qkv", "dense matmuls"), ("Attention.", "dense matmuls"), ("LayerNorm", "layernorm"),
          ("<lambda>", "GELU"), ("Mlp.", "GELU"),
-         ("Transformer.", "layer scan: weight slices, saved activations"), ("drop_path", "drop path"),
+         ("Transformer.", "stacked layers: weight slices, stacking"), ("drop_path", "drop path"),
          ("patchify", "patchify / gather"), ("gather_tokens", "patchify / gather"),
          ("pixel_targets", "pixel targets"), ("masking.py", "mask sampling"))
 
@@ -255,10 +260,12 @@ def video_batch(batch: int, frames: int, size: int) -> np.ndarray:
 
 
 def jax_overrides(case: Case) -> list[tuple[str, str]]:
-    """Config overrides: one device, the case's batch, dtype and attention, no remat, no stochastic
-    depth (HF VideoMAE has neither); VideoMAE's layout (qv bias, 1-D positions) for videomae."""
+    """Config overrides: one device, the case's batch and dtype, our step's attention and layers (or
+    the variant's), no remat, no stochastic depth (HF VideoMAE has neither); VideoMAE's layout (qv
+    bias, 1-D positions) for videomae."""
+    variant = dict([(f"model.{k}", v) for k, v in [case.variant.split("=")]] if case.variant else [])
     overrides = [("train.batch_size", str(case.batch)), ("mesh.shape", "1,1,1"),
-                 ("model.dtype", case.precision), ("model.attention", case.attention),
+                 ("model.dtype", case.precision), *{**dict(OURS), **variant}.items(),
                  ("model.remat", "none"), ("model.drop_path", "0.0"), ("teacher.allow_random", "true")]
     if case.objective == "videomae":
         overrides += [("model.qkv_bias", "qv"), ("model.pos_embed", "sincos1d")]
@@ -546,17 +553,17 @@ def peak_cases(precisions) -> list[Case]:
 
 def plan(args) -> list[dict]:
     """The groups to run, each a list of cases measured side by side: per size and precision ours
-    (on the largest size with both attentions) with HF PyTorch for videomae; per size the twlv
-    cases (on the largest size a group per precision, for memory). Profiles: ours with the
-    default attention, videomae, largest size."""
+    (on the largest size with its variants) with HF PyTorch for videomae; per size the twlv cases
+    (on the largest size a group per precision, for memory). Profiles: ours, videomae, largest
+    size."""
     groups = []
     largest = args.sizes[-1]
 
-    def attentions(size: str) -> list[str]:
-        return [DEFAULT, COMPARED] if size == largest and not args.no_variants else [DEFAULT]
+    def variants(size: str) -> list[str]:
+        return ["", *VARIANTS] if size == largest and not args.no_variants else [""]
 
     for size in args.sizes:
-        names = attentions(size)
+        names = variants(size)
         for objective in args.objectives:
             batch = args.batch or BATCH[objective][size]
             steps = args.steps or STEPS[objective]
@@ -608,7 +615,7 @@ def mfu(result: Result, peak: dict[str, float]) -> float:
 
 
 def index(results: list[Result]) -> dict[tuple, Result]:
-    return {(r.case.framework, r.case.size, r.case.objective, r.case.precision, r.case.attention): r
+    return {(r.case.framework, r.case.size, r.case.objective, r.case.precision, r.case.variant): r
             for r in results}
 
 
@@ -625,7 +632,7 @@ def main_table(results: list[Result], peak: dict[str, float]) -> list[str]:
     rows = ["| size | objective | precision | batch | step (s) | clips/s | model GFLOP/step | "
             "achieved GFLOP/s | MFU |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        if r.case.framework == "jax" and r.case.attention == DEFAULT:
+        if r.case.framework == "jax" and not r.case.variant:
             rows.append(f"| {r.case.size} | {r.case.objective} | {r.case.precision} | {r.case.batch} | "
                         f"{r.seconds:.3f} | {r.clips_per_s:.2f} | {r.flops / 1e9:.1f} | "
                         f"{r.flops / r.seconds / 1e9:.1f} | {mfu(r, peak):.1%} |")
@@ -633,51 +640,57 @@ def main_table(results: list[Result], peak: dict[str, float]) -> list[str]:
 
 
 def torch_table(results: list[Result]) -> list[str]:
-    rows = [f"| size | precision | batch | HF PyTorch clips/s | ours clips/s | ours / HF | "
-            f"ours with attention={COMPARED} / HF |", "|---|---|---:|---:|---:|---:|---:|"]
+    measured = [v for v in VARIANTS if any(r.case.variant == v for r in results)]
+    rows = ["| size | precision | batch | HF PyTorch clips/s | ours clips/s | ours / HF | "
+            + "".join(f"ours with {v} / HF | " for v in measured).rstrip(),
+            "|---|---|---:|---:|---:|---:|" + "---:|" * len(measured)]
     by_key = index(results)
     for r in results:
         key = ("jax", r.case.size, r.case.objective, r.case.precision)
-        ours, compared = by_key.get((*key, DEFAULT)), by_key.get((*key, COMPARED))
+        ours = by_key.get((*key, ""))
         if r.case.framework == "torch" and ours:
-            versus = f"{compared.clips_per_s / r.clips_per_s:.2f}x" if compared else "-"
+            versus = [by_key.get((*key, v)) for v in measured]
             rows.append(f"| {r.case.size} | {r.case.precision} | {r.case.batch} | {r.clips_per_s:.2f} | "
-                        f"{ours.clips_per_s:.2f} | {ours.clips_per_s / r.clips_per_s:.2f}x | {versus} |")
+                        f"{ours.clips_per_s:.2f} | {ours.clips_per_s / r.clips_per_s:.2f}x | "
+                        + "".join(f"{c.clips_per_s / r.clips_per_s:.2f}x | " if c else "- | "
+                                  for c in versus).rstrip())
     return rows
 
 
-def attention_table(results: list[Result], peak: dict[str, float]) -> list[str]:
-    """Blockwise against XLA's attention, same size, objective and precision, same group."""
-    rows = [f"| size | objective | precision | batch | step {COMPARED} (s) | step {DEFAULT} (s) | speed-up | "
-            f"MFU {COMPARED} -> {DEFAULT} | XLA temp GB {COMPARED} -> {DEFAULT} | "
-            f"peak RSS GB {COMPARED} -> {DEFAULT} | grad-norm diff |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def variant_table(results: list[Result], peak: dict[str, float], variant: str) -> list[str]:
+    """Ours against our step with the variant's override, same size, objective and precision, same
+    group."""
+    rows = [f"| size | objective | precision | batch | step {variant} (s) | step ours (s) | speed-up | "
+            f"MFU {variant} -> ours | XLA temp GB {variant} -> ours | peak RSS GB {variant} -> ours | "
+            f"compile + first step (s) {variant} -> ours | grad-norm diff |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_key = index(results)
     for r in results:
         c = r.case
-        ours = by_key.get(("jax", c.size, c.objective, c.precision, DEFAULT))
-        if c.framework != "jax" or c.attention != COMPARED or not ours:
+        ours = by_key.get(("jax", c.size, c.objective, c.precision, ""))
+        if c.framework != "jax" or c.variant != variant or not ours:
             continue
         rows.append(f"| {c.size} | {c.objective} | {c.precision} | {c.batch} | {r.seconds:.3f} | "
                     f"{ours.seconds:.3f} | {r.seconds / ours.seconds:.2f}x | "
                     f"{mfu(r, peak):.1%} -> {mfu(ours, peak):.1%} | {r.temp_gb:.2f} -> {ours.temp_gb:.2f} | "
-                    f"{r.rss_gb:.1f} -> {ours.rss_gb:.1f} | {grad_difference(r, ours)} |")
+                    f"{r.rss_gb:.1f} -> {ours.rss_gb:.1f} | {r.compile_s:.0f} -> {ours.compile_s:.0f} | "
+                    f"{grad_difference(r, ours)} |")
     return rows
 
 
 def targets(results: list[Result], peak: dict[str, float]) -> list[str]:
-    """The two targets, checked for our step with the default attention: at least 1.5x HF's
+    """The two targets, checked for our step: at least 1.5x HF's
     clips/s (videomae, S and larger), MFU at least 50% (B)."""
     lines = []
     by_key = index(results)
     for r in results:
-        ours = by_key.get(("jax", r.case.size, r.case.objective, r.case.precision, DEFAULT))
+        ours = by_key.get(("jax", r.case.size, r.case.objective, r.case.precision, ""))
         if r.case.framework == "torch" and ours and r.case.size != "tiny":
             ratio = ours.clips_per_s / r.clips_per_s
             lines.append(f"- {r.case.size} {r.case.precision}, ours >= 1.5x HF clips/s: "
                          f"{ratio:.2f}x: {'met' if ratio >= 1.5 else 'not met'}.")
     for r in results:
-        if r.case.framework == "jax" and r.case.size == "B" and r.case.attention == DEFAULT:
+        if r.case.framework == "jax" and r.case.size == "B" and not r.case.variant:
             value = mfu(r, peak)
             lines.append(f"- B {r.case.objective} {r.case.precision}, MFU >= 50%: {value:.1%}: "
                          f"{'met' if value >= 0.5 else 'not met'}.")
@@ -727,16 +740,19 @@ def report(header: str, results: list[Result], profiles: dict, peak: dict, args)
              f"Matmul peak measured in this run (2048^3, float32 accumulation, best of {peak_count} "
              "measurements taken between the steps): "
              + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peak.items()) + ".",
-             "", f"## Our train step (model.attention={DEFAULT}, the library's default on CPU)", "",
+             "", f"## Our train step ({OURS_TEXT})", "",
              *main_table(results, peak), "",
              "Step: median of the timed steps. MFU: analytic model FLOPs / step time / measured matmul "
              "peak at the step's precision (bfloat16: bf16 matmuls with float32 accumulation).", ""]
     if hf:
         lines += ["## Against Hugging Face VideoMAEForPreTraining (PyTorch, CPU)", "",
                   *torch_table(results), "", SAME_WORK.format(attention=hf.hf_attention, cores=cores()), ""]
-    if any(r.case.attention == COMPARED for r in results):
-        lines += [f"## Blockwise attention against XLA's (model.attention={COMPARED}, the previous "
-                  "behaviour)", "", *attention_table(results, peak), "", ATTENTION_NOTE, ""]
+    if any(r.case.variant == "attention=xla" for r in results):
+        lines += ["## Blockwise attention against XLA's (model.attention=xla, the previous behaviour)",
+                  "", *variant_table(results, peak, "attention=xla"), "", ATTENTION_NOTE, ""]
+    if any(r.case.variant == "scan=true" for r in results):
+        lines += ["## Layers unrolled against the layer scan (model.scan=true, the config default)",
+                  "", *variant_table(results, peak, "scan=true"), "", SCAN_NOTE, ""]
     if hf:
         lines += ["## Targets", "", *targets(results, peak), ""]
     if profiles:
@@ -770,36 +786,36 @@ SAME_WORK = """The same work on both sides:
 
 What differs: HF's attention is `{attention}`, PyTorch's fused CPU kernel; ours is the library's
 blockwise attention (`twlv_jax/models/attention.py`: query blocks, custom VJP that recomputes the
-probabilities in the backward) written in plain JAX and compiled by XLA; our step also samples the
+probabilities in the backward) written in plain JAX and compiled by XLA; our layers are unrolled
+(model.scan=false; the config default, a layer scan, is in the last column); our step also samples the
 mask on the device, computes loss metrics and the parameter, update and gradient norms, and is one
 compiled program (HF runs eagerly); HF has no final encoder norm (its mean-pooling config); HF
 decays every parameter, ours only matrices. Ours runs the VideoMAE layout (model.qkv_bias=qv,
 model.pos_embed=sincos1d), model.remat=none and model.drop_path=0 (HF has neither)."""
-ATTENTION_NOTE = f"""Both columns are the library as it is, built from the same config but for one
-override, model.attention={DEFAULT} or {COMPARED}, and measured side by side in the same groups.
+OURS_TEXT = "model.attention=blockwise, the library's default on CPU; model.scan=false"
+ATTENTION_NOTE = """Both columns are our step as it is but for one override, model.attention=xla
+in the first, measured side by side in the same groups.
 
-- *{COMPARED}*: `jax.nn.dot_product_attention(implementation="xla")`, which on CPU materialises the
-  (B, H, N, N) float32 logits and probabilities; the layer scan keeps them for every layer until
-  the backward.
-- *{DEFAULT}*: `twlv_jax/models/attention.py`: query blocks of at least 128 tokens (the decoder's
-  1568 tokens: 8 blocks of 196; the encoder's 160 visible tokens: one block); the forward saves
-  only q, k, v, the output and the log-sum-exp, and the backward recomputes each block's
-  probabilities (FlashAttention's scheme), so it runs more matmul FLOPs than the model FLOPs
-  that MFU counts.
+- *attention=xla*: `jax.nn.dot_product_attention(implementation="xla")`, which on CPU materialises
+  the (B, H, N, N) float32 logits and probabilities and keeps them for every layer until the
+  backward.
+- *ours*, blockwise: `twlv_jax/models/attention.py`: the encoder's 160 visible tokens run all heads
+  at once in one block; the decoder's 1568 tokens one head at a time in 4 query blocks of 392; the
+  forward saves only q, k, v, the output and the log-sum-exp, and the backward recomputes each
+  block's probabilities (FlashAttention's scheme), so it runs more matmul FLOPs than the model
+  FLOPs that MFU counts.
 - The frozen CLIP teacher of the twlv objective does not take model.attention: its attention is
   `auto` (blockwise on CPU; 197 tokens, one block) in both columns.
 - *XLA temp*: temporary buffers of the compiled step (`memory_analysis()`). *Peak RSS*: the
   worker's largest resident memory after the timed steps (compilation and, for videomae, the
   gradient check included). *Grad-norm diff*: the largest relative difference of any parameter's
-  gradient norm on the first batch between the two (videomae only).
-
-The other change integrated with it cannot be switched off by config, so it is in both columns
-and in every number of this file: with model.dtype=bfloat16, `twlv_jax.models.layers.matmul` runs
-its backward matmuls in bfloat16 too (custom VJP on CPU; float32 accumulation, as torch.autocast
-does) instead of upcasting them to float32. Past measurement, from the previous run of this
-script (commit 4f1daa7, both changes as scratch copies in the script): on B videomae bfloat16 x2
-adding the bf16 backward to the memory-efficient attention took the step from 3.121 s to 2.268 s
-(1.38x), with gradient norms within 3.7e-05 of the library's then."""
+  gradient norm on the first batch between the two (videomae only)."""
+SCAN_NOTE = """Both columns are our step as it is but for one override, model.scan=true in the
+first: the config default, which runs the stacked blocks with `jax.lax.scan`; ours runs them
+as a Python loop over the same stacked parameters (model.scan=false). Unrolled, XLA's CPU
+backend neither zero-fills and writes per-layer slices of stacked buffers for the saved
+activations and the gradients, nor reads the backward's operands back out of them; compiling
+takes about twice as long. On GPUs and TPUs the scan is the usual choice (compile time)."""
 PROFILE_NOTE = """One step traced with `jax.profiler.trace` after the timed steps. Each HLO op's trace events
 are summed and attributed, through the compiled module's stack frames, to the line of `hybrid.losses`
 it comes from (part) and the innermost library function (kind of work); backward ops count for the
@@ -809,7 +825,7 @@ name the element types the dots actually run in."""
 INDEX_HEAD = """# Benchmarks
 
 - [Data pipeline throughput](benchmarks/results/data.md) (`benchmarks/data.py`)
-- [Train step on CPU: throughput, MFU, HF PyTorch comparison, blockwise vs XLA attention, profile]\
+- [Train step on CPU: throughput, MFU, HF PyTorch comparison, variants (attention, layer scan), profile]\
 (benchmarks/results/train_step.md) (`benchmarks/train_step.py`)
 - [Train step on one GPU (H200, bf16)](benchmarks/results/gpu_step.md) (`benchmarks/gpu_step.py`)
 
@@ -820,11 +836,11 @@ INDEX_SECTION = "## Train step on CPU"
 def index_section(header: str, results: list[Result], peak: dict) -> str:
     """This script's section of BENCHMARKS.md."""
     lines = [INDEX_SECTION, "", f"Machine: {header}.", "",
-             f"Our step, model.attention={DEFAULT} (the default on CPU):", "", *main_table(results, peak), ""]
+             f"Our step ({OURS_TEXT}):", "", *main_table(results, peak), ""]
     if any(r.case.framework == "torch" for r in results):
         lines += ["Against Hugging Face VideoMAEForPreTraining (PyTorch) on the same work:", "",
                   *torch_table(results), "", "Targets:", "", *targets(results, peak), ""]
-    lines += [f"Blockwise attention against model.attention={COMPARED}, the fairness notes and the "
+    lines += ["Our step against model.attention=xla and model.scan=true, the fairness notes and the "
               "profile: [benchmarks/results/train_step.md](benchmarks/results/train_step.md).", ""]
     return "\n".join(lines) + "\n"
 
@@ -855,7 +871,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="smoke run: tiny only, 2 steps, no warm-up; prints, writes no files")
     parser.add_argument("--no_torch", action="store_true", help="skip the HF PyTorch cases")
     parser.add_argument("--no_variants", action="store_true",
-                        help=f"skip the model.attention={COMPARED} cases (the comparison with blockwise)")
+                        help=f"skip the variants of our step ({', '.join(VARIANTS)})")
     parser.add_argument("--no_profile", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
