@@ -9,9 +9,9 @@ the log-sum-exp per query, and the backward recomputes each block's probabilitie
 Heads run in groups, heads-major with one transpose in and out. Short sequences run all
 B x H heads as one group in blocks of at least `target`/2 queries; long ones (at least
 `LONG` tokens) one head at a time in blocks of at least `LONG_TARGET`/2 queries, so a
-block's probabilities stay small. On the 2-core CPU ViT-B train steps are 1.4-2.1x faster
-than with `xla` attention and need 45-62% less XLA temp memory; heads one at a time make
-the pixel decoder's attention (1568 tokens) 1.1-1.3x faster again
+block's probabilities stay small. On the 2-core CPU ViT-B train steps are 1.7-3.3x faster
+than with `xla` attention and need 47-71% less XLA temp memory; heads one at a time make
+the pixel decoder's attention (1568 tokens) 1.15-1.35x faster than all heads at once
 (benchmarks/results/train_step.md, BENCHMARKS.md).
 """
 
