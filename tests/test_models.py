@@ -307,6 +307,30 @@ def test_bfloat16_matmul_runs_its_backward_in_bfloat16():
         assert eqn.outvars[0].aval.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("spec,x_shape,k_shape", [
+    ("bnd,dkhe->bnkhe", (2, 5, 8), (8, 3, 2, 4)),      # qkv projection
+    ("bnhe,hed->bnd", (2, 5, 2, 4), (2, 4, 8)),         # attention output
+    ("lbnd,lde->lbne", (3, 2, 5, 8), (3, 8, 6)),        # per-layer heads: not one matrix
+])
+def test_matmul_of_multi_axis_kernels_matches_einsum(spec, x_shape, k_shape):
+    from twlv_jax.models.layers import _matrix_split, matmul
+
+    assert _matrix_split(spec) == {"bnd,dkhe->bnkhe": 1, "bnhe,hed->bnd": 2}.get(spec)
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), k_shape)
+    probe = jax.random.normal(jax.random.key(2), jnp.einsum(spec, x, w).shape)
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * probe)
+    reference = lambda x, w: jnp.einsum(spec, x, w, precision="highest")
+    ref_y, ref_grads = reference(x, w), jax.grad(loss(reference), (0, 1))(x, w)
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 0.05)):
+        ours = lambda x, w, dtype=dtype: matmul(x, w, spec, dtype)
+        y = ours(x, w)
+        assert y.shape == ref_y.shape and y.dtype == jnp.float32
+        np.testing.assert_allclose(y, ref_y, rtol=tol, atol=tol * 5)
+        for g, ref in zip(jax.grad(loss(ours), (0, 1))(x, w), ref_grads):
+            np.testing.assert_allclose(g, ref, rtol=tol, atol=tol * 5)
+
+
 def _equations(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn
