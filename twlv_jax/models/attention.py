@@ -7,12 +7,12 @@ the log-sum-exp per query, and the backward recomputes each block's probabilitie
 (FlashAttention's scheme, in plain JAX).
 
 Heads run in groups, heads-major with one transpose in and out. Short sequences run all
-B x H heads as one group in blocks of at least `target`/2 queries; long ones (at least
-`LONG` tokens) one head at a time in blocks of at least `LONG_TARGET`/2 queries, so a
-block's probabilities stay small. On the 2-core CPU ViT-B train steps are 1.7-3.3x faster
-than with `xla` attention and need 47-71% less XLA temp memory; heads one at a time make
-the pixel decoder's attention (1568 tokens) 1.15-1.35x faster than all heads at once
-(benchmarks/results/train_step.md, BENCHMARKS.md).
+B x H heads as one group in blocks of at least `target`/2 queries; on CPUs long ones (at
+least `LONG` tokens) go one head at a time in blocks of at least `LONG_TARGET`/2 queries, so
+a block's probabilities stay small (accelerators keep all heads at once). On the 2-core
+CPU ViT-B train steps are 1.7-3.3x faster than with `xla` attention and need 47-71% less
+XLA temp memory; heads one at a time make the pixel decoder's attention (1568 tokens)
+1.15-1.35x faster than all heads at once (benchmarks/results/train_step.md, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 F32 = jnp.float32
-LONG = 512            # tokens from which heads go one at a time
+LONG = 512            # tokens from which heads go one at a time on CPUs
 LONG_TARGET = 784     # query block target then
 
 
@@ -37,7 +37,7 @@ def query_blocks(tokens: int, target: int = 256) -> int:
 
 def plan(heads: int, tokens: int, target: int = 256) -> tuple[int, int]:
     """(heads per group, query blocks) for `heads` = B x H heads of `tokens` tokens."""
-    if tokens >= LONG:
+    if tokens >= LONG and jax.default_backend() == "cpu":
         return 1, query_blocks(tokens, max(target, LONG_TARGET))
     return heads, query_blocks(tokens, target)
 
@@ -117,8 +117,8 @@ def _backward(group: int, blocks: int, residuals, d_out):
     d_out = d_out.astype(v.dtype)
     per_group = (_groups(a, group) for a in (q, k, v, d_out, lse, delta))
     dq, dk, dv = jax.lax.map(lambda args: _backward_group(*args, blocks), tuple(per_group))
-    return dq.reshape(q.shape).astype(q.dtype), dk.reshape(k.shape).astype(k.dtype), \
-        dv.reshape(v.shape).astype(v.dtype)
+    return (dq.reshape(q.shape).astype(q.dtype), dk.reshape(k.shape).astype(k.dtype),
+            dv.reshape(v.shape).astype(v.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -43,7 +43,7 @@ def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, pois
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
     # update_norm: the norm of the parameters' change, new - old (reading the updates once
-    # more instead would keep them in memory: a 1.1x slower optimizer step on CPU).
+    # more instead would keep them in memory: a 1.2x slower optimizer update on CPU).
     change = jax.tree.map(jnp.subtract, params, state["params"])
     metrics = {"loss": loss, **{f"loss/{name}": value for name, value in terms.items()},
                "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
