@@ -263,9 +263,12 @@ def jax_overrides(case: Case) -> list[tuple[str, str]]:
     """Config overrides: one device, the case's batch and dtype, our step's attention and layers (or
     the variant's), no remat, no stochastic depth (HF VideoMAE has neither); VideoMAE's layout (qv
     bias, 1-D positions) for videomae."""
-    variant = dict([(f"model.{k}", v) for k, v in [case.variant.split("=")]] if case.variant else [])
+    model = dict(OURS)
+    if case.variant:
+        key, value = case.variant.split("=")
+        model[f"model.{key}"] = value
     overrides = [("train.batch_size", str(case.batch)), ("mesh.shape", "1,1,1"),
-                 ("model.dtype", case.precision), *{**dict(OURS), **variant}.items(),
+                 ("model.dtype", case.precision), *model.items(),
                  ("model.remat", "none"), ("model.drop_path", "0.0"), ("teacher.allow_random", "true")]
     if case.objective == "videomae":
         overrides += [("model.qkv_bias", "qv"), ("model.pos_embed", "sincos1d")]

@@ -115,8 +115,8 @@ def _backward(group: int, blocks: int, residuals, d_out):
     q, k, v, out, lse = residuals
     delta = jnp.sum(d_out.astype(F32) * out, -1)                          # (heads, N)
     d_out = d_out.astype(v.dtype)
-    per_group = (_groups(a, group) for a in (q, k, v, d_out, lse, delta))
-    dq, dk, dv = jax.lax.map(lambda args: _backward_group(*args, blocks), tuple(per_group))
+    per_group = tuple(_groups(a, group) for a in (q, k, v, d_out, lse, delta))
+    dq, dk, dv = jax.lax.map(lambda args: _backward_group(*args, blocks), per_group)
     return (dq.reshape(q.shape).astype(q.dtype), dk.reshape(k.shape).astype(k.dtype),
             dv.reshape(v.shape).astype(v.dtype))
 

@@ -53,8 +53,9 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
         # transposed, for the backward matmul (4x slower ViT qkv backward); as a matrix its
         # backward reads the kernel as it is.
         inner = kernel.shape[:split]
-        y = matmul(x.reshape(*x.shape[:x.ndim - split], -1),         # (..., prod(inner))
-                   kernel.reshape(int(np.prod(inner)), -1), "...i,io->...o", dtype)
+        y = _cpu_einsum("...i,io->...o", jnp.dtype(dtype))(
+            x.reshape(*x.shape[:x.ndim - split], -1),                 # (..., prod(inner))
+            kernel.reshape(int(np.prod(inner)), -1))                  # (prod(inner), outputs)
         return y.reshape(*y.shape[:-1], *kernel.shape[split:])
     if on_cpu:
         return _cpu_einsum(spec, jnp.dtype(dtype))(x, kernel)

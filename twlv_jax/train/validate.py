@@ -9,7 +9,7 @@ import textwrap
 
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
-from twlv_jax.models.layers import REMAT_POLICIES
+from twlv_jax.models.layers import IMPLEMENTATIONS, REMAT_POLICIES
 from twlv_jax.models.posembed import TABLES
 from twlv_jax.models.vit import SIZES
 from twlv_jax.objectives import presets
@@ -19,7 +19,7 @@ DURATIONS = ("train.steps", "train.ckpt_every", "train.probe_every", "optim.warm
 CHOICES = {
     "model.variant": list(SIZES), "model.dtype": list(DTYPES),
     "model.remat": ["none", *REMAT_POLICIES], "model.qkv_bias": ["all", "qv", "none"],
-    "model.pos_embed": list(TABLES), "model.attention": ["auto", "blockwise", "xla", "cudnn"],
+    "model.pos_embed": list(TABLES), "model.attention": list(IMPLEMENTATIONS[1:]),
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
 }
 POSITIVE = ("train.batch_size", "train.log_every", "optim.lr", "model.frames", "model.image_size",
