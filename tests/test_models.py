@@ -1,5 +1,6 @@
 """Encoder, heads and teachers: shapes, equivalences, parameter counts, sharding."""
 
+import contextlib
 import math
 
 import jax
@@ -311,11 +312,12 @@ def test_bfloat16_matmul_runs_its_backward_in_bfloat16():
     ("bnd,dkhe->bnkhe", (2, 5, 8), (8, 3, 2, 4)),      # qkv projection
     ("bnhe,hed->bnd", (2, 5, 2, 4), (2, 4, 8)),         # attention output
     ("lbnd,lde->lbne", (3, 2, 5, 8), (3, 8, 6)),        # per-layer heads: not one matrix
+    ("...i,io->...o", (2, 5, 8), (8, 6)),               # Dense
 ])
 def test_matmul_of_multi_axis_kernels_matches_einsum(spec, x_shape, k_shape):
     from twlv_jax.models.layers import _matrix_split, matmul
 
-    assert _matrix_split(spec) == {"bnd,dkhe->bnkhe": 1, "bnhe,hed->bnd": 2}.get(spec)
+    assert _matrix_split(spec) == {"bnd,dkhe->bnkhe": 1, "bnhe,hed->bnd": 2, "...i,io->...o": 1}.get(spec)
     x = jax.random.normal(jax.random.key(0), x_shape)
     w = jax.random.normal(jax.random.key(1), k_shape)
     probe = jax.random.normal(jax.random.key(2), jnp.einsum(spec, x, w).shape)
@@ -329,6 +331,31 @@ def test_matmul_of_multi_axis_kernels_matches_einsum(spec, x_shape, k_shape):
         np.testing.assert_allclose(y, ref_y, rtol=tol, atol=tol * 5)
         for g, ref in zip(jax.grad(loss(ours), (0, 1))(x, w), ref_grads):
             np.testing.assert_allclose(g, ref, rtol=tol, atol=tol * 5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU layout of matrix products")
+def test_cpu_matmul_flattens_rows_in_float32_on_one_device_only():
+    """float32 products on one device take x as one (rows, C) matrix, so that the weight
+    gradient contracts x's row axis in place; bfloat16 keeps the row axes (XLA transposes x for
+    its bf16 kernel), and so do meshes of several devices (the rows carry the batch sharding)."""
+    from twlv_jax.models.layers import matmul
+    from twlv_jax.parallel.mesh import make_mesh
+    from twlv_jax.parallel.sharding import use_rules
+
+    x, w = jnp.ones((2, 5, 8)), jnp.ones((8, 3, 2, 4))
+    one_device = contextlib.nullcontext()
+    eight_devices = use_rules(make_mesh("1,-1,1", jax.devices()), "fsdp")
+    for dtype, mesh, x_rank in ((jnp.float32, one_device, 2), (jnp.bfloat16, one_device, 3),
+                                (jnp.float32, eight_devices, 3)):
+        loss = lambda x, w, dtype=dtype: jnp.sum(matmul(x, w, "bnd,dkhe->bnkhe", dtype))
+        with mesh:
+            jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr
+        dots = [eqn for eqn in _equations(jaxpr) if eqn.primitive.name == "dot_general"]
+        assert len(dots) == 3
+        forward, _, weight_grad = dots                          # forward, d x, d kernel
+        assert forward.invars[0].aval.shape[:-1] == ((10,) if x_rank == 2 else (2, 5))
+        assert [v.aval.ndim for v in weight_grad.invars] == [x_rank, x_rank]
+        assert weight_grad.outvars[0].aval.shape == (8, 24)
 
 
 def _equations(jaxpr):

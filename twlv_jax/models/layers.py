@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from twlv_jax.models.attention import blockwise_attention
-from twlv_jax.parallel.sharding import constrain
+from twlv_jax.parallel.sharding import constrain, partitioned
 
 F32 = jnp.float32
 IMPLEMENTATIONS = (None, "auto", "blockwise", "xla", "cudnn")
@@ -48,15 +48,24 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     1.37x faster ViT-B steps on an H200. On CPUs see `_cpu_einsum`.
     """
     on_cpu = jax.default_backend() == "cpu"
-    if on_cpu and kernel.ndim > 2 and (split := _matrix_split(spec)):
-        # A kernel with several contracting or output axes: XLA's CPU backend copies it,
-        # transposed, for the backward matmul (4x slower ViT qkv backward); as a matrix its
-        # backward reads the kernel as it is.
-        inner = kernel.shape[:split]
+    if on_cpu and (split := _matrix_split(spec)):
+        # One matrix product, x (..., C) by kernel (C, R). XLA's CPU backend copies a kernel
+        # with several C or R axes, transposed, for the backward matmul (4x slower ViT qkv
+        # backward); as a matrix its backward reads the kernel as it is.
+        lead = x.shape[:x.ndim - split]
+        # float32: x with one row axis. Its weight gradient then contracts that axis in place;
+        # with several row axes XLA first copies x transposed, recomputing x's producers
+        # (LayerNorm, GELU) in a slow strided loop (ViT-B videomae steps 2-10% faster).
+        # bfloat16 keeps the row axes: XLA's in-place bf16 product is 3-6x slower than its
+        # bf16 kernel on the transposed copy. So do meshes of several devices: the row axes
+        # carry the batch sharding, and merging them made GSPMD reshard through collective
+        # permutes (XLA's in-process CPU collectives deadlocked on them).
+        one_row_axis = jnp.dtype(dtype) == F32 and not partitioned()
+        rows = (int(np.prod(lead)),) if one_row_axis else lead
         y = _cpu_einsum("...i,io->...o", jnp.dtype(dtype))(
-            x.reshape(*x.shape[:x.ndim - split], -1),                 # (..., prod(inner))
-            kernel.reshape(int(np.prod(inner)), -1))                  # (prod(inner), outputs)
-        return y.reshape(*y.shape[:-1], *kernel.shape[split:])
+            x.reshape(*rows, -1),                                      # (rows, prod(C))
+            kernel.reshape(int(np.prod(kernel.shape[:split])), -1))    # (prod(C), prod(R))
+        return y.reshape(*lead, *kernel.shape[split:])
     if on_cpu:
         return _cpu_einsum(spec, jnp.dtype(dtype))(x, kernel)
     if jnp.dtype(dtype) == F32:

@@ -100,3 +100,9 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     mesh, rules = context
     spec = logical_to_spec(tuple(names) + (None,) * (x.ndim - len(names)), x.shape, mesh, rules)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def partitioned() -> bool:
+    """Whether the code being traced runs under `use_rules` with a mesh of several devices."""
+    context = _CONTEXT.get()
+    return context is not None and context[0].size > 1
