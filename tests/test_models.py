@@ -345,10 +345,10 @@ def test_cpu_matmul_flattens_rows_in_float32_on_one_device_only():
     x, w = jnp.ones((2, 5, 8)), jnp.ones((8, 3, 2, 4))
     one_device = contextlib.nullcontext()
     eight_devices = use_rules(make_mesh("1,-1,1", jax.devices()), "fsdp")
-    for dtype, mesh, x_rank in ((jnp.float32, one_device, 2), (jnp.bfloat16, one_device, 3),
-                                (jnp.float32, eight_devices, 3)):
+    for dtype, devices, x_rank in ((jnp.float32, one_device, 2), (jnp.bfloat16, one_device, 3),
+                                   (jnp.float32, eight_devices, 3)):
         loss = lambda x, w, dtype=dtype: jnp.sum(matmul(x, w, "bnd,dkhe->bnkhe", dtype))
-        with mesh:
+        with devices:
             jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr
         dots = [eqn for eqn in _equations(jaxpr) if eqn.primitive.name == "dot_general"]
         assert len(dots) == 3

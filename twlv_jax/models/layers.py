@@ -47,7 +47,7 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     matmuls accumulate in float32 regardless) and widened after: half the memory traffic,
     1.37x faster ViT-B steps on an H200. On CPUs see `_cpu_einsum`.
     """
-    on_cpu = jax.default_backend() == "cpu"
+    dtype, on_cpu = jnp.dtype(dtype), jax.default_backend() == "cpu"
     if on_cpu and (split := _matrix_split(spec)):
         # One matrix product, x (..., C) by kernel (C, R). XLA's CPU backend copies a kernel
         # with several C or R axes, transposed, for the backward matmul (4x slower ViT qkv
@@ -60,15 +60,15 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
         # bf16 kernel on the transposed copy. So do meshes of several devices: the row axes
         # carry the batch sharding, and merging them made GSPMD reshard through collective
         # permutes (XLA's in-process CPU collectives deadlocked on them).
-        one_row_axis = jnp.dtype(dtype) == F32 and not partitioned()
+        one_row_axis = dtype == F32 and not partitioned()
         rows = (int(np.prod(lead)),) if one_row_axis else lead
-        y = _cpu_einsum("...i,io->...o", jnp.dtype(dtype))(
+        y = _cpu_einsum("...i,io->...o", dtype)(
             x.reshape(*rows, -1),                                      # (rows, prod(C))
             kernel.reshape(int(np.prod(kernel.shape[:split])), -1))    # (prod(C), prod(R))
         return y.reshape(*lead, *kernel.shape[split:])
     if on_cpu:
-        return _cpu_einsum(spec, jnp.dtype(dtype))(x, kernel)
-    if jnp.dtype(dtype) == F32:
+        return _cpu_einsum(spec, dtype)(x, kernel)
+    if dtype == F32:
         return jnp.einsum(spec, x.astype(F32), kernel.astype(F32), preferred_element_type=F32)
     y = jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
     return y.astype(F32)
