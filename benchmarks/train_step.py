@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -224,6 +225,38 @@ def _kind(stack, hlo_class: str) -> str:
     return hlo_class
 
 
+# GPU kernels that name no HLO op (inside a command buffer every kernel names the buffer), by the
+# library that ran them: name fragment -> (HLO op class, kind of work)
+LIBRARY_KERNELS = (("cudnn", ("cuDNN kernel", ATTENTION)), ("sdpa", ("cuDNN kernel", ATTENTION)),
+                   ("nvjet", ("matmul, cuBLAS kernel", "dense matmuls")),
+                   ("gemm", ("matmul, cuBLAS kernel", "dense matmuls")),
+                   ("memcpy", ("data movement", "data movement")),
+                   ("memset", ("data movement", "data movement")))
+NO_OP = "no HLO op (library kernel in a command buffer)"
+
+
+def _trace_ops(events: list[dict], index: HloIndex):
+    """(op, milliseconds) for each op event of a trace. On a CPU: the host events named after HLO
+    instructions. On a GPU: each kernel on the device's streams, named by its `hlo_op`, else by the
+    fusion the kernel is named after (`loop_add_fusion_3` for `loop_add_fusion.3`), else by the
+    library that ran it (a `LIBRARY_KERNELS` class)."""
+    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and e["args"]["name"].startswith("/device:")}
+    op_names = lambda *names: [n for n in names if n in index.instructions
+                               and index.instructions[n].op not in CONTAINERS]
+    for event in events:
+        if event.get("ph") != "X" or (devices and event["pid"] not in devices):
+            continue
+        name, ms = event.get("name", ""), event["dur"] / 1e3
+        if not devices:
+            if op_names(name):
+                yield name, ms
+            continue
+        found = op_names(event.get("args", {}).get("hlo_op"), name, re.sub(r"_(\d+)$", r".\1", name))
+        yield (found[0] if found else
+               next((cls for key, (cls, _) in LIBRARY_KERNELS if key in name.lower()), "other kernel")), ms
+
+
 def summarize_trace(hlo_text: str, trace_dir: str) -> dict:
     """Sums the durations of the HLO ops of a perfetto trace by part, kind and HLO class."""
     index = HloIndex(hlo_text)
@@ -232,23 +265,46 @@ def summarize_trace(hlo_text: str, trace_dir: str) -> dict:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     durations, counts = collections.Counter(), collections.Counter()
-    for event in events:
-        name = event.get("name")
-        if event.get("ph") == "X" and name in index.instructions and \
-                index.instructions[name].op not in CONTAINERS:
-            durations[name] += event["dur"] / 1e3
-            counts[name] += 1
+    for name, ms in _trace_ops(events, index):
+        durations[name] += ms
+        counts[name] += 1
+    library = {cls: kind for _, (cls, kind) in LIBRARY_KERNELS} | {"other kernel": "other kernel"}
     parts, classes, top = collections.Counter(), collections.Counter(), []
     for name, ms in durations.most_common():
-        stack = index.stack(index.instructions[name].frame)
-        hlo_class = index.hlo_class(name)
-        part, kind = _part(stack), _kind(stack, hlo_class)
+        if name in library:
+            hlo_class, part, kind = name, NO_OP, library[name]
+        else:
+            stack = index.stack(index.instructions[name].frame)
+            hlo_class = index.hlo_class(name)
+            part, kind = _part(stack), _kind(stack, hlo_class)
         parts[(part, kind)] += ms
         classes[hlo_class] += ms
         if len(top) < 8:
             top.append([name, counts[name], hlo_class, part, kind, ms])
     return {"total_ms": sum(durations.values()), "parts": [[*k, v] for k, v in parts.most_common()],
             "classes": dict(classes), "top": top}
+
+
+def profile_step(compiled, step, keep: str | None = None) -> dict:
+    """Traces one call of `step` (runs `compiled` once, returns its seconds) and summarises the
+    trace (`summarize_trace`), with XLA's cost analysis of the executable. `keep`: a folder to copy
+    the raw perfetto trace and the compiled module's text (gzipped) into."""
+    import jax
+    text = compiled.as_text()
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            seconds = step()
+        summary = summarize_trace(text, folder)
+        if keep:
+            trace = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
+            shutil.copy(trace, os.path.join(keep, "perfetto_trace.json.gz"))
+            with gzip.open(os.path.join(keep, "step_hlo.txt.gz"), "wt") as f:
+                f.write(text)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    summary.update(step_s=seconds, xla_flops=cost.get("flops", 0.0),
+                   xla_bytes=cost.get("bytes accessed", 0.0))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,16 +377,7 @@ class JaxRunner:
         return time.perf_counter() - start
 
     def profile(self) -> dict:
-        """One traced step, summarised; plus XLA's own cost analysis of the executable."""
-        with tempfile.TemporaryDirectory() as folder:
-            with self.jax.profiler.trace(folder, create_perfetto_trace=True):
-                seconds = self.step()
-            summary = summarize_trace(self.compiled.as_text(), folder)
-        cost = self.compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        summary.update(step_s=seconds, xla_flops=cost.get("flops", 0.0),
-                       xla_bytes=cost.get("bytes accessed", 0.0))
-        return summary
+        return profile_step(self.compiled, self.step)
 
 
 def hf_config(case: Case):
@@ -705,7 +752,7 @@ def profile_section(profiles: dict[Case, dict]) -> list[str]:
     for case, p in profiles.items():
         total = p["total_ms"]
         lines += ["", f"**{case.label}** (traced step {p['step_s']:.2f} s; op time summed over threads "
-                  f"{total / 1e3:.2f} s; XLA cost analysis: {p['xla_flops'] / 1e9:.0f} GFLOP, "
+                  f"or GPU kernels {total / 1e3:.2f} s; XLA cost analysis: {p['xla_flops'] / 1e9:.0f} GFLOP, "
                   f"{p['xla_bytes'] / 1e9:.1f} GB accessed, loop bodies counted once)", "",
                   "| part of the step | kind of work | share of op time |", "|---|---|---:|"]
         shown = [row for row in p["parts"] if row[2] / total >= 0.015]
@@ -727,7 +774,7 @@ def profile_summary(p: dict) -> str:
     total = p["total_ms"]
     kind_share = lambda kind: sum(ms for _, k, ms in p["parts"] if k == kind) / total
     matmul = sum(ms for name, ms in p["classes"].items() if name.startswith("matmul"))
-    f32 = sum(ms for name, ms in p["classes"].items() if name.startswith("matmul") and "bf16" not in name)
+    f32 = p["classes"].get("matmul, f32 inputs", 0.0)
     movement = p["classes"].get("data movement", 0.0) / total
     return (f"attention softmax(QKᵀ)V {kind_share(ATTENTION):.0%} of op time; ops with a matmul "
             f"{matmul / total:.0%} ({f32 / max(matmul, 1e-9):.0%} of that on float32-only inputs); "
