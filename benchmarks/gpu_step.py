@@ -4,6 +4,8 @@ objectives, with cuDNN and XLA attention and with and without rematerialisation.
     PYTHONUNBUFFERED=1 OUT=/tmp/out python3 benchmarks/gpu_step.py [--budget_s 270] [--steps 10]
     python3 benchmarks/gpu_step.py --dry_run          # tiny sizes, 1 step, runs on CPU
     ... --profile    # also trace one step of the first case and summarise what it spends time on
+    ... --first 3 --override model.scan=false       # the first 3 cases with one config change
+    ... --sizes L --first 1                         # ViT-L videomae, cuDNN, no remat only
 
 Writes a markdown table to $OUT/gpu_step.md (after every case, so a cut-off run keeps what it
 measured) and prints it. Cases run in priority order until the time budget, compiles included,
@@ -26,9 +28,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -42,10 +42,12 @@ from twlv_jax.train import step as steplib  # noqa: E402
 
 BATCH = {"B": 32, "L": 16, "tiny": 2}
 PROFILE_NOTE = """One step of the first case measured, traced with `jax.profiler.trace` after its timed
-steps. The durations of the GPU's XLA ops are summed and attributed, through the compiled module's
+steps. The durations of the GPU's kernels are summed and attributed, through the compiled module's
 stack frames, to the line of `hybrid.losses` each comes from (part) and the innermost library
-function (kind of work); backward ops count for the forward code they differentiate. The matmul
-classes name the element types the dots actually run in."""
+function (kind of work); backward ops count for the forward code they differentiate. Inside CUDA
+command buffers every kernel names the buffer rather than its HLO op: fusion kernels are matched to
+their fusions by name, and cuBLAS, cuDNN and copy kernels are counted by library (part: "no HLO
+op"). The matmul classes name the element types the dots actually run in."""
 
 
 @dataclasses.dataclass(frozen=True)
