@@ -257,11 +257,11 @@ def _trace_ops(events: list[dict], index: HloIndex):
                next((cls for key, (cls, _) in LIBRARY_KERNELS if key in name.lower()), "other kernel")), ms
 
 
-def summarize_trace(hlo_text: str, trace_dir: str) -> dict:
-    """Sums the durations of the HLO ops of a perfetto trace by part, kind and HLO class."""
+def summarize_trace(hlo_text: str, trace_path: str) -> dict:
+    """Sums the durations of the HLO ops of a perfetto trace (.json.gz) by part, kind and HLO
+    class."""
     index = HloIndex(hlo_text)
-    path = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)[0]
-    with gzip.open(path) as f:
+    with gzip.open(trace_path) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     durations, counts = collections.Counter(), collections.Counter()
@@ -294,9 +294,9 @@ def profile_step(compiled, step, keep: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
             seconds = step()
-        summary = summarize_trace(text, folder)
+        trace = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
+        summary = summarize_trace(text, trace)
         if keep:
-            trace = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
             shutil.copy(trace, os.path.join(keep, "perfetto_trace.json.gz"))
             with gzip.open(os.path.join(keep, "step_hlo.txt.gz"), "wt") as f:
                 f.write(text)
