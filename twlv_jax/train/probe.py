@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from twlv_jax.data.evaluation import eval_batches
-from twlv_jax.data.transforms import normalize
+from twlv_jax.eval.encoder import Encoder
 from twlv_jax.eval.knn import knn_accuracy
-from twlv_jax.parallel.mesh import replicated
-from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
 
 BATCH = 16
@@ -42,25 +37,18 @@ class KnnProbe:
                 raise ValueError(f"train.probe_path: no readable videos in {manifest}")
             self.splits[split] = batches
         self.labels = [k for k in self.splits["train"][0] if k not in ("video", "index")]
-        self.replicated = whole = replicated(setup.mesh)
-
-        def embed(student_params, video):
-            student = nnx.merge(setup.student_def, student_params)
-            return student(normalize(video, jnp.float32))["pooled"]
-
-        self.embed = jax.jit(embed, in_shardings=(setup.state_shardings["params"]["student"],
-                                                  whole), out_shardings=whole)
+        abstract = setup.abstract_state["params"]["student"]
+        self.encoder = Encoder(setup.student_def, abstract,
+                               setup.state_shardings["params"]["student"], setup.config,
+                               setup.mesh)
 
     def _features(self, params, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feats, labels = [], {name: [] for name in self.labels}
-        with use_rules(self.setup.mesh, self.setup.config.mesh.rules):
-            for batch in self.splits[split]:
-                valid = batch["index"] >= 0
-                # Every process holds the whole probe batch: a replicated global array.
-                video = jax.make_array_from_process_local_data(self.replicated, batch["video"])
-                feats.append(np.asarray(self.embed(params, video).addressable_data(0))[valid])
-                for name in self.labels:
-                    labels[name].append(batch[name][valid])
+        for batch in self.splits[split]:
+            valid = batch["index"] >= 0
+            feats.append(self.encoder(batch["video"], params=params)["pooled"][valid])
+            for name in self.labels:
+                labels[name].append(batch[name][valid])
         return np.concatenate(feats), {k: np.concatenate(v) for k, v in labels.items()}
 
     def __call__(self, state: dict) -> dict[str, float]:
