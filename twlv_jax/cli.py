@@ -14,6 +14,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("twlv_jax.train.loop", "pretrain an encoder: --config FILE[:ARGS] --workdir DIR"),
     "data": ("twlv_jax.data.cli", "video data: synth | build | prepare"),
     "inspect": ("twlv_jax.train.inspect", "show a checkpoint's step, config, versions and params"),
+    "embed": ("twlv_jax.eval.embed", "embed videos in the official TWLV-I file layout"),
+    "knn": ("twlv_jax.eval.knn", "k-NN top-1 of embedding folders (official protocol)"),
+    "probe": ("twlv_jax.eval.probes", "linear probe of embedding folders, or attentive probe"),
+    "motion": ("twlv_jax.eval.motion", "forward vs time-reversed separability, embedding plots"),
 }
 
 
