@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -88,30 +88,56 @@ def read_eval_clips(record: dict, *, frames: int, image_size: int, mode: str = "
 
     mode 'uniform': one clip of `frames` frames evenly spread over the whole video (or
     its start/end window). mode 'multi-clip': clips of `clip_seconds` every `clip_stride`
-    seconds (default: back to back), `frames` frames evenly spread over each.
+    seconds (default: back to back), `frames` frames evenly spread over each. All clips
+    are decoded at once: `iter_eval_clips` reads long videos in bounded memory.
     """
+    (read,) = iter_eval_clips(record, frames=frames, image_size=image_size, mode=mode,
+                              clip_seconds=clip_seconds, clip_stride=clip_stride)
+    return read
+
+
+def _eval_windows(record: dict, info: VideoInfo, mode: str, clip_seconds: float,
+                  clip_stride: float | None) -> list[tuple[float, float]]:
+    """(start, end) seconds of every evaluation clip of a video."""
+    first, count = _window(record, info)
+    begin, finish = first / info.fps, (first + count) / info.fps
+    if mode == "uniform":
+        return [(begin, finish)]
+    if mode == "multi-clip":
+        return [(begin + a, begin + b) for a, b in sampling.multi_clip_windows(
+            finish - begin, clip_seconds, clip_stride or clip_seconds)]
+    raise ValueError(f"evaluation sampling: expected 'uniform' or 'multi-clip', got {mode!r}")
+
+
+def iter_eval_clips(record: dict, *, frames: int, image_size: int, mode: str = "uniform",
+                    clip_seconds: float = 2.0, clip_stride: float | None = None,
+                    group: int | None = None) -> Iterator[EvalClips]:
+    """The clips of `read_eval_clips`, decoded and yielded `group` clips at a time (None:
+    all in one), in time order; only one group is held, so a long video's multi-clip
+    sampling needs memory for `group` clips, not for the whole video.
+
+    Raises BadVideo, possibly after some groups were yielded.
+    """
+    if group is not None and group < 1:
+        raise ValueError(f"clip group size must be >= 1, got {group}")
     plan: Callable[[int, int], Geometry] = functools.partial(transforms.center_crop,
                                                              size=image_size)
     if record["array"] is not None:
         one = image_array_clip(record["array"], frames, plan, record["name"])[None]
-        return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)  # video (1, T, S, S, 3)
+        yield EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)  # video (1, T, S, S, 3)
+        return
     with _as_bad_video(record["name"]), _open(record) as video:
         info = video.info
         if record["is_image"] or info.is_image:
             one = video.frames_at(np.zeros(frames), plan)[None]  # (1, T, S, S, 3)
-            return EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)
-        first, count = _window(record, info)
-        begin, finish = first / info.fps, (first + count) / info.fps
-        if mode == "uniform":
-            windows = [(begin, finish)]
-        elif mode == "multi-clip":
-            windows = [(begin + a, begin + b) for a, b in sampling.multi_clip_windows(
-                finish - begin, clip_seconds, clip_stride or clip_seconds)]
-        else:
-            raise ValueError(f"evaluation sampling: expected 'uniform' or 'multi-clip', "
-                             f"got {mode!r}")
-        indices = np.concatenate([_clip_indices(info, a, b, frames) for a, b in windows])
-        video_clips = video.frames_at(indices / info.fps, plan)  # (clips * T, S, S, 3)
-        video_clips = video_clips.reshape(len(windows), frames, *video_clips.shape[1:])
-        starts, ends = np.array(windows, np.float64).T
-        return EvalClips(video_clips, starts, ends, info.num_frames, info.duration)
+            yield EvalClips(one, np.zeros(1), np.zeros(1), 1, 0.0)
+            return
+        windows = _eval_windows(record, info, mode, clip_seconds, clip_stride)
+        size = group or len(windows)
+        for offset in range(0, len(windows), size):
+            part = windows[offset:offset + size]
+            indices = np.concatenate([_clip_indices(info, a, b, frames) for a, b in part])
+            video_clips = video.frames_at(indices / info.fps, plan)  # (clips * T, S, S, 3)
+            video_clips = video_clips.reshape(len(part), frames, *video_clips.shape[1:])
+            starts, ends = np.array(part, np.float64).T  # (clips,) each
+            yield EvalClips(video_clips, starts, ends, info.num_frames, info.duration)

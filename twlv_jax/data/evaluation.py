@@ -4,11 +4,13 @@ Every readable video once, in manifest order, with `uniform` sampling (one clip 
 frames evenly spread over the video) or `multi-clip` sampling (T-second clips every Ts
 seconds, N frames each, with their start/end times). Frames are resized on the short
 side and centre-cropped. Unreadable videos are skipped, logged once and counted.
+`iter_clip_groups` reads chosen rows a group of clips at a time, so that multi-clip
+sampling of long videos runs in bounded memory (`twlv embed`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import grain
@@ -119,3 +121,57 @@ def _stack(items: list[EvalVideo], batch_size: int) -> dict[str, np.ndarray]:
         batch[key] = np.full(batch_size, -1, np.int32)
         batch[key][:len(items)] = [item.labels[key] for item in items]
     return batch
+
+
+@dataclass
+class ClipGroup:
+    """Consecutive clips of one video. A video's groups come in time order; its last one
+    has `last` set. A video found bad (possibly after some groups) ends with an empty
+    group that has `failed` set: its earlier groups are to be dropped."""
+
+    index: int                 # row in the manifest
+    name: str                  # the file
+    video: np.ndarray          # uint8 (clips, frames, size, size, 3); clips may be 0
+    clip_starts: np.ndarray    # float64 (clips,) seconds
+    clip_ends: np.ndarray      # float64 (clips,) seconds
+    num_frames: int            # frames in the whole video
+    duration: float            # seconds
+    labels: dict[str, int]
+    last: bool
+    failed: bool = False
+
+
+def iter_clip_groups(source: ManifestSource, rows: Iterable[int], *, frames: int,
+                     image_size: int, sampling: str = "uniform", clip_seconds: float = 2.0,
+                     clip_stride: float | None = None, group: int = 32,
+                     quarantine: Quarantine | None = None) -> Iterator[ClipGroup]:
+    """The clips of the `rows` of `source`, in order, `group` clips at a time: memory for
+    one group per video, however long the video (see clips.iter_eval_clips).
+
+    Bad videos go to `quarantine` (default: counted and logged) and end with a failed group.
+    """
+    if sampling not in ("uniform", "multi-clip"):
+        raise ValueError(f"sampling: expected 'uniform' or 'multi-clip', got {sampling!r}")
+    quarantine = quarantine or Quarantine(None, total=len(source), max_fraction=1.0)
+    for index in rows:
+        record = source[index]
+        reads = clips.iter_eval_clips(record, frames=frames, image_size=image_size, mode=sampling,
+                                      clip_seconds=clip_seconds, clip_stride=clip_stride,
+                                      group=group)
+        try:
+            previous = next(reads)
+            for read in reads:  # holds one group back to know which one is last
+                yield _clip_group(index, record, previous, last=False)
+                previous = read
+        except BadVideo as error:
+            quarantine.add(record["name"], error.reason, error.detail)
+            empty = np.zeros((0, frames, image_size, image_size, 3), np.uint8)
+            yield ClipGroup(index, record["name"], empty, np.zeros(0), np.zeros(0), 0, 0.0,
+                            dict(record["labels"]), last=True, failed=True)
+            continue
+        yield _clip_group(index, record, previous, last=True)
+
+
+def _clip_group(index: int, record: dict, read: clips.EvalClips, *, last: bool) -> ClipGroup:
+    return ClipGroup(index, record["name"], read.video, read.starts, read.ends, read.num_frames,
+                     read.duration, dict(record["labels"]), last=last)
