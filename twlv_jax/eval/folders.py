@@ -1,0 +1,129 @@
+"""Embedding folders in the official TWLV-I layout, read as the official scripts read them.
+
+    DIR/train/<id>.json   {"annotation": int, "num_frames", "duration", clip start/end ...}
+    DIR/train/<id>_c.npy  float32 (clips, D): one row per clip
+    DIR/train/<id>_v.npy  float32 (D,): the video embedding (mean of the clips)
+    DIR/val/...           the same
+
+The videos of a split are the `*.json` files directly inside its folder (anything else
+there is ignored, as in the official `dataset.py`); ids are sorted for a fixed order.
+Only `annotation` is read from the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+SPLITS = ("train", "val")
+MODES = ("clip", "video")
+
+
+class FolderError(ValueError):
+    """An embedding folder that does not follow the layout; the message names the file."""
+
+
+@dataclass
+class Split:
+    """One split's embeddings: per video (`ids`, `labels`, `videos`) and per clip row."""
+
+    folder: str
+    ids: list[str]
+    labels: np.ndarray    # int64 (V,)
+    videos: np.ndarray    # float32 (V, D): the `_v.npy` rows
+    clips: np.ndarray     # float32 (R, D): every video's `_c.npy` rows, in video order
+    groups: np.ndarray    # int64 (R,): the video index of each clip row
+
+    @property
+    def dim(self) -> int:
+        return int(self.videos.shape[1])
+
+    def rows(self, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, labels per row, video index per row) for `clip` or `video` mode."""
+        if mode == "clip":
+            return self.clips, self.labels[self.groups], self.groups
+        return self.videos, self.labels, np.arange(len(self.ids))
+
+
+def read_split(directory: str, split: str, *, num_classes: int | None = None,
+               progress: bool = True) -> Split:
+    """Reads `directory/split`; errors name the folder or file at fault."""
+    folder = os.path.join(directory, split)
+    if not os.path.isdir(folder):
+        raise FolderError(f"{folder} is not a folder (expected {directory} to hold train/ and "
+                          "val/ with <id>.json, <id>_c.npy, <id>_v.npy per video, as written by "
+                          "`twlv embed`)")
+    ids = sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
+    if not ids:
+        raise FolderError(f"{folder} holds no <id>.json files (an empty split)")
+    labels, videos, clips, groups = [], [], [], []
+    for index, vid in enumerate(tqdm(ids, desc=f"read {split}", unit="video", disable=not progress,
+                                     leave=False)):
+        base = os.path.join(folder, vid)
+        labels.append(_annotation(base + ".json", num_classes))
+        video, clip = _array(base + "_v.npy", 1), _array(base + "_c.npy", 2)
+        if clip.shape[0] == 0 or clip.shape[1] != video.shape[0]:
+            raise FolderError(f"{base}_c.npy: shape {clip.shape} does not match {base}_v.npy "
+                              f"{video.shape} (expected (clips >= 1, {video.shape[0]}))")
+        if videos and video.shape != videos[0].shape:
+            raise FolderError(f"{base}_v.npy: dimension {video.shape[0]} differs from "
+                              f"{videos[0].shape[0]} in {os.path.join(folder, ids[0])}_v.npy")
+        videos.append(video)
+        clips.append(clip)
+        groups.append(np.full(len(clip), index, np.int64))
+    return Split(folder, ids, np.asarray(labels, np.int64), np.stack(videos),
+                 np.concatenate(clips), np.concatenate(groups))
+
+
+def read_embeddings(directory: str, *, num_classes: int | None = None,
+                    progress: bool = True) -> tuple[Split, Split, int]:
+    """(train, val, class count) of an embedding folder.
+
+    The class count is `num_classes` when given (an annotation outside it is an error),
+    else one more than the largest annotation of either split.
+    """
+    if not os.path.isdir(directory):
+        raise FolderError(f"embedding folder {directory} does not exist")
+    train, val = (read_split(directory, s, num_classes=num_classes, progress=progress)
+                  for s in SPLITS)
+    if train.dim != val.dim:
+        raise FolderError(f"{train.folder} has {train.dim}-d embeddings but {val.folder} has "
+                          f"{val.dim}-d")
+    count = num_classes or int(max(train.labels.max(), val.labels.max())) + 1
+    return train, val, count
+
+
+def _annotation(path: str, num_classes: int | None) -> int:
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise FolderError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(meta, dict) or "annotation" not in meta:
+        raise FolderError(f"{path}: no 'annotation' key (the video's integer class index)")
+    try:
+        label = int(meta["annotation"])
+    except (TypeError, ValueError):
+        raise FolderError(f"{path}: annotation {meta['annotation']!r} is not an integer "
+                          "class index") from None
+    if label < 0:
+        raise FolderError(f"{path}: annotation {label} is negative")
+    if num_classes is not None and label >= num_classes:
+        raise FolderError(f"{path}: annotation {label} is not below the class count "
+                          f"{num_classes}")
+    return label
+
+
+def _array(path: str, ndim: int) -> np.ndarray:
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as error:
+        raise FolderError(f"{path}: missing or unreadable ({error})") from None
+    if array.ndim != ndim:
+        want = "(D,)" if ndim == 1 else "(clips, D)"
+        raise FolderError(f"{path}: expected a {ndim}-d array {want}, got shape {array.shape}")
+    return array.astype(np.float32, copy=False)
