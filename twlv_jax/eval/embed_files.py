@@ -45,7 +45,8 @@ def video_ids(manifest: Manifest) -> list[str]:
 
 
 def _row_hash(manifest: Manifest, index: int) -> str:
-    key = f"{manifest.paths[index]}\0{manifest.starts[index]!r}\0{manifest.ends[index]!r}"
+    start, end = float(manifest.starts[index]), float(manifest.ends[index])  # nan: not set
+    key = f"{manifest.paths[index]}\0{start!r}\0{end!r}"
     return hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
