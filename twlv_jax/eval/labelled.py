@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from twlv_jax.data.evaluation import eval_batches, eval_source
+from twlv_jax.data.manifest import read_manifest_or_folder
 from twlv_jax.eval.encoder import Encoder
 
 NOT_LABELS = ("video", "index")
@@ -28,8 +29,13 @@ def labelled_batches(encoder: Encoder, manifest: str, *, split: str | None, batc
                                           if k not in NOT_LABELS}
 
 
-def require_label(labels: dict[str, np.ndarray], column: str, where: str) -> None:
-    """A clear error when `column` is not one of the manifest's label columns."""
-    if column not in labels:
-        found = ", ".join(sorted(labels)) or "none"
-        raise ValueError(f"{where} has no label column {column!r} (label columns: {found})")
+def label_columns(manifest: str, split: str | None, required: Iterable[str] = ()) -> list[str]:
+    """The manifest's label columns (read before any decoding); a clear error naming the
+    manifest file when one of `required` is missing."""
+    found = read_manifest_or_folder(manifest, split)
+    for column in required:
+        if column not in found.labels:
+            names = ", ".join(sorted(found.labels)) or "none"
+            raise ValueError(f"{found.name} has no label column {column!r} (label columns: "
+                             f"{names})")
+    return sorted(found.labels)

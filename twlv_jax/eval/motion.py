@@ -137,18 +137,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from twlv_jax.eval.encoder import load_encoder
-    from twlv_jax.eval.labelled import require_label
+    from twlv_jax.eval.labelled import label_columns
     try:
         if not os.path.exists(args.input):
             raise FileNotFoundError(f"input {args.input} does not exist")
+        columns = label_columns(args.input, args.split, args.label or [])
         encoder = load_encoder(args.checkpoint)
         print(f"motion: {encoder.source} (step {encoder.step}) on {args.input}, forward and "
               f"time-reversed uniform clips of {encoder.frames} frames")
         forward, backward, labels = embed_both(encoder, args.input, split=args.split,
                                                batch_size=args.batch_size)
-        for name in args.label or []:
-            require_label(labels, name, args.input)
-        labels = {k: labels[k] for k in (args.label or labels)}
+        labels = {k: labels[k] for k in (args.label or columns)}
         accuracy, scores = paired_cv(forward, backward, folds=args.folds, seed=args.seed)
     except (ValueError, OSError) as error:
         return fail("motion", error)

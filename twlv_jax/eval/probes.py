@@ -83,11 +83,10 @@ def _linear(args) -> dict:
 
 def _embed_tokens(encoder, folder: str, split: str, label: str, batch: int):
     """(tokens (N, T, D), labels (N,)) of a split's readable videos."""
-    from twlv_jax.eval.labelled import labelled_batches, require_label
+    from twlv_jax.eval.labelled import labelled_batches
     tokens, labels = [], []
     for video, valid, columns in labelled_batches(encoder, folder, split=split, batch_size=batch,
                                                   desc=f"embed {split}"):
-        require_label(columns, label, f"{folder} ({split})")
         tokens.append(encoder(video, tokens=True)["tokens"][valid])
         labels.append(columns[label])
     if not tokens:
@@ -99,6 +98,7 @@ def _attentive(args) -> dict:
     from twlv_jax.data.manifest import split_manifests
     from twlv_jax.eval.attentive_probe import attentive_probe
     from twlv_jax.eval.encoder import load_encoder
+    from twlv_jax.eval.labelled import label_columns
     from twlv_jax.models import size
     if not (args.checkpoint and args.input):
         raise ValueError("the attentive probe needs --checkpoint CKPT and --input FOLDER")
@@ -108,6 +108,8 @@ def _attentive(args) -> dict:
                          "manifests (train.csv and val.csv, or .jsonl)")
     settings = _settings(args, ATTENTIVE)
     output = output_path(args.output, args.input, f"attentive_probe_{args.label}.json")
+    for split in ("train", "val"):
+        label_columns(args.input, split, [args.label])
     encoder = load_encoder(args.checkpoint)
     heads = size(encoder.config.model.variant).heads
     print(f"attentive probe of {encoder.source} (step {encoder.step}, D={encoder.dim}, "
