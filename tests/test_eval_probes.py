@@ -114,6 +114,8 @@ def test_folders_read_only_json_named_videos(folder):
     train, val, classes = read_embeddings(str(folder), progress=False)
     assert train.ids == [f"vid{i:04d}" for i in range(60)] and classes == CLASSES
     assert len(val.ids) == 30 and val.labels.dtype == np.int64
+    (folder / "classes.json").write_text(json.dumps({"label": list("abcdef")}))
+    assert read_embeddings(str(folder), progress=False)[2] == 6   # `twlv embed`'s class map
     assert train.clips.shape[0] == len(train.groups) and train.videos.shape == (60, DIM)
     np.testing.assert_allclose(train.videos[3], train.clips[train.groups == 3].mean(0),
                                rtol=1e-6)
@@ -127,8 +129,14 @@ def test_folder_errors_name_the_file(folder):
         read_embeddings(str(folder), progress=False)
     path.write_text(json.dumps({"annotation": 4}))
     with pytest.raises(FolderError, match=re.escape(
-            f"{path}: annotation 4 is not below the class count 4")):
+            f"{path}: annotation 4 is not below the class count 4 (from --num_classes)")):
         read_embeddings(str(folder), num_classes=4, progress=False)
+    (folder / "classes.json").write_text(json.dumps({"label": ["a", "b", "c", "d"]}))
+    with pytest.raises(FolderError, match=re.escape(
+            f"{path}: annotation 4 is not below the class count 4 (from "
+            f"{folder / 'classes.json'})")):
+        read_embeddings(str(folder), progress=False)
+    path.write_text(json.dumps({"annotation": 0}))
     path = folder / "val" / "vid0003_v.npy"
     np.save(path, np.zeros((1, DIM), np.float32))
     with pytest.raises(FolderError, match=re.escape(
@@ -209,7 +217,7 @@ def test_linear_probe_clip_mode_averages_the_softmax_over_a_videos_clips():
 
 def test_probe_cli_prints_and_writes_the_library_result(folder, capsys):
     assert probes.main(["--embeddings", str(folder), "--mode", "clip", "--epochs", "20",
-                        "--warmup-epochs", "2", "--batch-size", "32", "--seed", "3"]) == 0
+                        "--warmup_epochs", "2", "--batch_size", "32", "--seed", "3"]) == 0
     result = json.loads((folder / "linear_probe_clip.json").read_text())
     train, val = read_split(str(folder), "train"), read_split(str(folder), "val")
     x, y, g = train.rows("clip")
@@ -268,7 +276,7 @@ def trained(tmp_path_factory):
 def test_attentive_probe_cli_end_to_end(trained, capsys):
     run, videos = trained
     assert probes.main(["--attentive", "--checkpoint", str(run), "--input", str(videos),
-                        "--label", "label_motion", "--epochs", "3", "--batch-size", "8"]) == 0
+                        "--label", "label_motion", "--epochs", "3", "--batch_size", "8"]) == 0
     output = videos / "attentive_probe_label_motion.json"
     result = json.loads(output.read_text())
     assert (result["probe"], result["label"], result["videos"], result["step"]) == (

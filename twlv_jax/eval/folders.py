@@ -7,7 +7,8 @@
 
 The videos of a split are the `*.json` files directly inside its folder (anything else
 there is ignored, as in the official `dataset.py`); ids are sorted for a fixed order.
-Only `annotation` is read from the JSON.
+Only `annotation` is read from the JSON. The class count is DIR/classes.json's
+(`{label column: [names]}`, written by `twlv embed`) when it names one column.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 SPLITS = ("train", "val")
 MODES = ("clip", "video")
+CLASSES_FILE = "classes.json"
 
 
 class FolderError(ValueError):
@@ -50,8 +52,9 @@ class Split:
 
 
 def read_split(directory: str, split: str, *, num_classes: int | None = None,
-               progress: bool = True) -> Split:
-    """Reads `directory/split`; errors name the folder or file at fault."""
+               classes_from: str = "num_classes", progress: bool = True) -> Split:
+    """Reads `directory/split`; errors name the folder or file at fault. An annotation
+    must be below `num_classes` (when given; `classes_from` says where it came from)."""
     folder = os.path.join(directory, split)
     if not os.path.isdir(folder):
         raise FolderError(f"{folder} is not a folder (expected {directory} to hold train/ and "
@@ -64,7 +67,7 @@ def read_split(directory: str, split: str, *, num_classes: int | None = None,
     for index, vid in enumerate(tqdm(ids, desc=f"read {split}", unit="video", disable=not progress,
                                      leave=False)):
         base = os.path.join(folder, vid)
-        labels.append(_annotation(base + ".json", num_classes))
+        labels.append(_annotation(base + ".json", num_classes, classes_from))
         video, clip = _array(base + "_v.npy", 1), _array(base + "_c.npy", 2)
         if clip.shape[0] == 0 or clip.shape[1] != video.shape[0]:
             raise FolderError(f"{base}_c.npy: shape {clip.shape} does not match {base}_v.npy "
@@ -83,13 +86,17 @@ def read_embeddings(directory: str, *, num_classes: int | None = None,
                     progress: bool = True) -> tuple[Split, Split, int]:
     """(train, val, class count) of an embedding folder.
 
-    The class count is `num_classes` when given (an annotation outside it is an error),
-    else one more than the largest annotation of either split.
+    The class count is `num_classes` when given, else that of DIR/classes.json (an
+    annotation outside it is an error), else one more than the largest annotation.
     """
     if not os.path.isdir(directory):
         raise FolderError(f"embedding folder {directory} does not exist")
-    train, val = (read_split(directory, s, num_classes=num_classes, progress=progress)
-                  for s in SPLITS)
+    classes_from = "--num_classes"
+    if num_classes is None:
+        num_classes, classes_from = _classes_file(directory), os.path.join(directory,
+                                                                           CLASSES_FILE)
+    train, val = (read_split(directory, s, num_classes=num_classes, classes_from=classes_from,
+                             progress=progress) for s in SPLITS)
     if train.dim != val.dim:
         raise FolderError(f"{train.folder} has {train.dim}-d embeddings but {val.folder} has "
                           f"{val.dim}-d")
@@ -97,7 +104,20 @@ def read_embeddings(directory: str, *, num_classes: int | None = None,
     return train, val, count
 
 
-def _annotation(path: str, num_classes: int | None) -> int:
+def _classes_file(directory: str) -> int | None:
+    """The class count of DIR/classes.json when it holds one label column's names."""
+    path = os.path.join(directory, CLASSES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        classes = json.load(f)
+    if isinstance(classes, dict) and len(classes) == 1:
+        names = next(iter(classes.values()))
+        return len(names) if isinstance(names, list) and names else None
+    return None
+
+
+def _annotation(path: str, num_classes: int | None, classes_from: str) -> int:
     try:
         with open(path) as f:
             meta = json.load(f)
@@ -114,7 +134,7 @@ def _annotation(path: str, num_classes: int | None) -> int:
         raise FolderError(f"{path}: annotation {label} is negative")
     if num_classes is not None and label >= num_classes:
         raise FolderError(f"{path}: annotation {label} is not below the class count "
-                          f"{num_classes}")
+                          f"{num_classes} (from {classes_from})")
     return label
 
 

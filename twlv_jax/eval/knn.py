@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="video: _v.npy embeddings; clip: every clip votes (default video)")
     p.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
     p.add_argument("--temperature", type=float, default=0.1, help="vote weight exp(s/t)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num_classes", type=int, default=None,
                    help="class count (default: largest annotation + 1)")
     p.add_argument("--output", default=None, help="result JSON (default DIR/knn_<mode>.json)")
     return p

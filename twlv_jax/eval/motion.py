@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", nargs="+", default=None,
                    help="label columns to colour the PCA plot by (default: all)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--batch-size", type=int, default=16, help="videos per encoder call")
+    p.add_argument("--batch_size", type=int, default=16, help="videos per encoder call")
     p.add_argument("--seed", type=int, default=0, help="fold assignment")
     return p
 

@@ -30,18 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", help="linear: folder with train/ and val/ embeddings")
     p.add_argument("--mode", choices=MODES, default="video",
                    help="linear: video (_v.npy) or clip (train on clips, average the softmax)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num_classes", type=int, default=None,
                    help="class count (default: largest label + 1)")
     p.add_argument("--attentive", action="store_true", help="attentive probe on patch tokens")
     p.add_argument("--checkpoint", help="attentive: a workdir, its checkpoints/ or a step folder")
     p.add_argument("--input", help="attentive: folder with train and val manifests")
     p.add_argument("--label", default="label", help="attentive: label column (default label)")
-    p.add_argument("--embed-batch", type=int, default=16, help="attentive: clips per encoder call")
-    p.add_argument("--weight-decay", type=float, default=1e-5, help="attentive: AdamW decay")
+    p.add_argument("--embed_batch", type=int, default=16, help="attentive: clips per encoder call")
+    p.add_argument("--weight_decay", type=float, default=1e-5, help="attentive: AdamW decay")
     p.add_argument("--epochs", type=int, help="default 150 linear, 20 attentive")
-    p.add_argument("--warmup-epochs", type=int, help="default 10 linear, 0 attentive")
+    p.add_argument("--warmup_epochs", type=int, help="default 10 linear, 0 attentive")
     p.add_argument("--lr", type=float, help="default 1e-3")
-    p.add_argument("--batch-size", type=int, help="default 1024 linear, 256 attentive")
+    p.add_argument("--batch_size", type=int, help="default 1024 linear, 256 attentive")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="result JSON (default DIR/linear_probe_<mode>.json, or "
                                     "FOLDER/attentive_probe_<label>.json)")
@@ -52,7 +52,7 @@ def _settings(args, defaults: dict) -> dict:
     settings = {k: defaults[k] if getattr(args, k) is None else getattr(args, k)
                 for k in defaults}
     if settings["epochs"] < 1 or settings["batch_size"] < 1 or settings["warmup_epochs"] < 0:
-        raise ValueError(f"--epochs and --batch-size must be >= 1 and --warmup-epochs >= 0, "
+        raise ValueError(f"--epochs and --batch_size must be >= 1 and --warmup_epochs >= 0, "
                          f"got {settings}")
     return settings
 
