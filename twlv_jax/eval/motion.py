@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         return fail("motion", error)
     os.makedirs(args.output, exist_ok=True)
-    split = args.split if os.path.isdir(args.input) else None
+    from twlv_jax.data.manifest import split_manifests
+    split = args.split if os.path.isdir(args.input) and split_manifests(args.input) else None
     result = {"separability": accuracy, "mean_cosine": mean_cosine(forward, backward),
               "folds": args.folds, "seed": args.seed, "videos": len(forward),
               "dim": int(forward.shape[1]), "checkpoint": encoder.source, "step": encoder.step,
