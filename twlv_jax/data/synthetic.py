@@ -39,6 +39,8 @@ class SynthOptions:
     size: int = 64         # width and height in pixels
     fps: float = 16.0      # frames per second (40 frames: 2.5 s)
     distractors: int = 3   # small shapes moving in random directions
+    texture: float = 1.0   # contrast of the background texture (0: a flat colour)
+    noise: float = 3.0     # std of the per-pixel noise, in uint8 levels
     seed: int = 0
 
 
@@ -54,7 +56,7 @@ def _shape_alpha(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> n
     return np.clip(0.5 - distance, 0.0, 1.0)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, contrast: float) -> np.ndarray:
     """A smooth random texture in muted colours: (size, size, 3) float."""
     y, x = np.mgrid[0:size, 0:size] / size
     texture = np.zeros((size, size))
@@ -63,7 +65,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         texture += np.sin(2 * math.pi * frequency * (x * math.cos(angle) + y * math.sin(angle))
                           + phase)
     tint = rng.uniform(70, 170, size=3)
-    return tint + 22 * texture[..., None] * rng.uniform(0.5, 1.0, size=3)  # (H, W, 3)
+    return tint + 22 * contrast * texture[..., None] * rng.uniform(0.5, 1.0, size=3)  # (H, W, 3)
 
 
 def _paint(canvas: np.ndarray, shape: str, colour: np.ndarray, centres: np.ndarray,
@@ -79,10 +81,11 @@ def _paint(canvas: np.ndarray, shape: str, colour: np.ndarray, centres: np.ndarr
 
 
 def render_video(rng: np.random.Generator, appearance: int, motion: int, *, frames: int,
-                 size: int, distractors: int) -> np.ndarray:
+                 size: int, distractors: int, texture: float = 1.0,
+                 noise: float = 3.0) -> np.ndarray:
     """One video of the set: uint8 (frames, size, size, 3)."""
     shape, colour_name = SHAPES[appearance // len(COLOURS)], list(COLOURS)[appearance % len(COLOURS)]
-    canvas = np.repeat(_background(rng, size)[None], frames, axis=0)  # (T, H, W, 3)
+    canvas = np.repeat(_background(rng, size, texture)[None], frames, axis=0)  # (T, H, W, 3)
     t = np.arange(frames)[:, None] / max(frames - 1, 1)  # (T, 1) in [0, 1]
     for _ in range(distractors):
         start = rng.uniform(0, size, size=2)
@@ -98,8 +101,28 @@ def render_video(rng: np.random.Generator, appearance: int, motion: int, *, fram
     centres = rng.uniform(low, high) + t * step  # (T, 2), inside the frame throughout
     colour = np.array(COLOURS[colour_name], float) + rng.normal(0, 10, 3)
     _paint(canvas, shape, colour, centres, radius)
-    canvas += rng.normal(0, 3, canvas.shape)
+    canvas += rng.normal(0, noise, canvas.shape)
     return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def colour_ramps(rng: np.random.Generator, count: int, *, frames: int, size: int,
+                 drift: float = 0.02) -> np.ndarray:
+    """Clips of linear colour ramps at random angles, drifting slowly: uint8 (count, T, S, S, 3).
+
+    A learnable set for masked modeling: every tubelet is predictable from any visible
+    one (two colours, one direction), unlike textures of random phase where predicting
+    zero is the best a masked model can do.
+    """
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5                    # (S, S) each
+    angle = rng.uniform(0, 2 * math.pi, (count, 1, 1, 1))
+    t = np.arange(frames)[None, :, None, None] - frames / 2                 # (1, T, 1, 1)
+    ramp = np.clip(0.5 + 0.6 * (x * np.cos(angle) + y * np.sin(angle)) + drift * t, 0, 1)
+    # Colours far apart in every channel, so a tubelet's ramp spans many uint8 levels.
+    low = rng.uniform(0, 90, (count, 1, 1, 1, 3))
+    high = rng.uniform(165, 255, (count, 1, 1, 1, 3))
+    swap = rng.random((count, 1, 1, 1, 3)) < 0.5
+    low, high = np.where(swap, high, low), np.where(swap, low, high)
+    return np.round(low + (high - low) * ramp[..., None]).astype(np.uint8)  # (N, T, S, S, 3)
 
 
 def _check(options: SynthOptions) -> None:
@@ -111,6 +134,8 @@ def _check(options: SynthOptions) -> None:
          f"size must be an even number of pixels >= 16, got {options.size}"),
         (options.fps > 0, f"fps must be positive, got {options.fps}"),
         (options.distractors >= 0, f"distractors must be >= 0, got {options.distractors}"),
+        (options.texture >= 0, f"texture must be >= 0, got {options.texture}"),
+        (options.noise >= 0, f"noise must be >= 0, got {options.noise}"),
     ) if not ok]
     if problems:
         raise ValueError("synthetic set: " + "; ".join(problems))
@@ -129,7 +154,8 @@ def _write_one(job: tuple) -> dict:
     path, appearance, motion, options, video_seed = job
     rng = np.random.default_rng(video_seed)
     frames = render_video(rng, appearance, motion, frames=options.frames, size=options.size,
-                          distractors=options.distractors)
+                          distractors=options.distractors, texture=options.texture,
+                          noise=options.noise)
     write_video(path, frames, fps=options.fps, gop=8, crf=18, threads=1)
     return {"path": path,
             "labels": {"label": appearance, "label_appearance": appearance,
