@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from twlv_jax.models.heads import DistillHeads
-from twlv_jax.objectives.losses import cosine_loss
 
 
 def frames_to_tokens(features: jax.Array, batch: int, tubelet: int) -> jax.Array:
@@ -28,8 +27,9 @@ class FeatureDistill(nnx.Module):
         self.heads = DistillHeads(num_layers, student_dim, teacher_dim, dtype=dtype, rngs=rngs)
         self.num_layers = num_layers
 
-    def loss(self, student_layers: jax.Array, teacher_layers: jax.Array,
-             keep: jax.Array) -> jax.Array:
-        """student_layers (L, B, K, D) on visible tokens; teacher_layers (L, B, N, P) on all."""
+    def predict(self, student_layers: jax.Array, teacher_layers: jax.Array,
+                keep: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(prediction, target) (L, B, K, P) for student_layers (L, B, K, D) on visible tokens
+        and teacher_layers (L, B, N, P) on all. The loss is 2 - 2 cos."""
         target = jnp.take_along_axis(teacher_layers, keep[None, :, :, None], axis=2)   # (L, B, K, P)
-        return cosine_loss(self.heads(student_layers), jax.lax.stop_gradient(target))
+        return self.heads(student_layers), jax.lax.stop_gradient(target)

@@ -16,6 +16,7 @@ from twlv_jax.models.teachers import clip_size, normalize_for_clip
 from twlv_jax.models.vit import VideoViT
 from twlv_jax.objectives.distill import FeatureDistill, frames_to_tokens
 from twlv_jax.objectives.latent import LatentTarget
+from twlv_jax.objectives.losses import constant_prediction, cosine_loss, l1, mse
 from twlv_jax.objectives.masking import make_mask
 from twlv_jax.objectives.pixel import PixelTarget
 from twlv_jax.objectives.presets import Objective, teacher_image_size
@@ -91,9 +92,29 @@ def _last(depth: int, count: int) -> list[int]:
     return list(range(depth - count, depth))
 
 
+# The loss of each target between its prediction and its target.
+LOSS_FNS = {"distill": cosine_loss, "pixel": mse, "latent": l1, "video_teacher": cosine_loss}
+
+
 def losses(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
            video: jax.Array, rng: jax.Array, objective: Objective, config) -> dict[str, jax.Array]:
     """Every enabled target's loss for a batch of uint8 clips (B, T, H, W, 3)."""
+    pairs = predictions(model, frozen, ema_student, video, rng, objective, config)
+    return {name: LOSS_FNS[name](*pair) for name, pair in pairs.items()}
+
+
+def baselines(pairs: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
+    """Each target's trivial baseline: the loss of predicting the mean of its targets."""
+    return {name: LOSS_FNS[name](constant_prediction(target), target)
+            for name, (_, target) in pairs.items()}
+
+
+def predictions(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
+                video: jax.Array, rng: jax.Array, objective: Objective, config, *,
+                train: bool = True) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """{target: (prediction, target)} of every enabled target for uint8 clips (B, T, H, W, 3).
+
+    `train=False` turns stochastic depth off (held-out evaluation)."""
     batch = video.shape[0]
     student_model = model.student
     r_mask, r_drop, r_decoder = jax.random.split(rng, 3)
@@ -118,28 +139,28 @@ def losses(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoV
         if name in objective.weights:
             wanted[name] = _last(depth, config.objective[name].layers)
     collect = sorted({i for layers in wanted.values() for i in layers})
-    out = student_model(x, keep=keep, layers=collect, rng=r_drop)
+    out = student_model(x, keep=keep, layers=collect, rng=r_drop if train else None)
 
     def student_layers(name):
         return jnp.stack([student_model.norm(out["layers"][i]) for i in wanted[name]])
 
-    terms = {}
+    pairs = {}
     if "distill" in objective.weights:
-        terms["distill"] = model.distill.loss(student_layers("distill"), teacher_layers, keep)
+        pairs["distill"] = model.distill.predict(student_layers("distill"), teacher_layers, keep)
     if "pixel" in objective.weights:
         video01 = video.astype(jnp.float32) / 255.0
-        terms["pixel"] = model.pixel.loss(out["tokens"], keep, masked, video01, r_decoder, grid)
+        pairs["pixel"] = model.pixel.predict(out["tokens"], keep, masked, video01, r_decoder, grid)
     if "latent" in objective.weights:
         ema_tokens = jax.lax.stop_gradient(ema_student(x)["tokens"])
-        terms["latent"] = model.latent.loss(out["tokens"], keep, masked, ema_tokens, grid)
+        pairs["latent"] = model.latent.predict(out["tokens"], keep, masked, ema_tokens, grid)
     if "video_teacher" in objective.weights:
         teacher = frozen["video_teacher"]
         layers = _last(teacher.depth, config.objective.video_teacher.layers)
         t_out = teacher(x, layers=layers)
         t_layers = jax.lax.stop_gradient(jnp.stack([teacher.norm(t_out["layers"][i]) for i in layers]))
-        terms["video_teacher"] = model.video_teacher.loss(student_layers("video_teacher"), t_layers,
-                                                          keep)
-    return terms
+        pairs["video_teacher"] = model.video_teacher.predict(student_layers("video_teacher"),
+                                                             t_layers, keep)
+    return pairs
 
 
 def total(terms: dict[str, jax.Array], objective: Objective) -> jax.Array:

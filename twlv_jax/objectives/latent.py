@@ -29,9 +29,10 @@ class LatentTarget(nnx.Module):
                                          pos_embed=pos_embed, dtype=dtype, scan=scan, remat=remat,
                                          attention=attention, rngs=rngs)
 
-    def loss(self, tokens: jax.Array, keep: jax.Array, masked: jax.Array,
-             ema_tokens: jax.Array, grid) -> jax.Array:
-        """tokens (B, K, D) visible; ema_tokens (B, N, D) from the EMA encoder on the full clip."""
+    def predict(self, tokens: jax.Array, keep: jax.Array, masked: jax.Array,
+                ema_tokens: jax.Array, grid) -> tuple[jax.Array, jax.Array]:
+        """(prediction, target) (B, M, D) for tokens (B, K, D) visible and ema_tokens (B, N, D)
+        from the EMA encoder on the full clip. The loss is their L1 distance."""
         target = layer_norm(jnp.take_along_axis(ema_tokens, masked[..., None], axis=1))
         prediction = self.predictor(tokens, keep, masked, grid)
-        return jnp.mean(jnp.abs(prediction - jax.lax.stop_gradient(target)))
+        return prediction, jax.lax.stop_gradient(target)

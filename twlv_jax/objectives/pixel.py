@@ -47,11 +47,12 @@ class PixelTarget(nnx.Module):
         self.tubelet, self.patch = tubelet, patch
         self.decoder_mask_ratio, self.norm_pix = decoder_mask_ratio, norm_pix
 
-    def loss(self, tokens: jax.Array, keep: jax.Array, masked: jax.Array, video01: jax.Array,
-             rng: jax.Array, grid) -> jax.Array:
-        """tokens (B, K, D) of the visible tokens; video01 the clip in [0, 1]."""
+    def predict(self, tokens: jax.Array, keep: jax.Array, masked: jax.Array, video01: jax.Array,
+                rng: jax.Array, grid) -> tuple[jax.Array, jax.Array]:
+        """(prediction, target) (B, M', t*p*p*3) for tokens (B, K, D) of the visible tokens;
+        video01 the clip in [0, 1]. The loss is their MSE."""
         targets = decoder_targets(rng, masked, self.decoder_mask_ratio)
         prediction = self.decoder(tokens, keep, targets, grid)
         pixels = pixel_targets(video01, self.tubelet, self.patch, self.norm_pix)
         pixels = jnp.take_along_axis(pixels, targets[..., None], axis=1)     # (B, M', t*p*p*3)
-        return jnp.mean(jnp.square(prediction - jax.lax.stop_gradient(pixels)))
+        return prediction, jax.lax.stop_gradient(pixels)

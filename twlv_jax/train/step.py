@@ -36,6 +36,22 @@ def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, 
     return loss, terms, grads
 
 
+def eval_losses(setup: Setup, state: dict, teachers: dict, video: jax.Array, seed):
+    """({term: loss}, {term: trivial baseline}) on a batch without updating anything.
+
+    Masks come from `seed` (an int32 scalar) instead of the state's stream, so held-out
+    clips are scored on the same masks at every step. Stochastic depth is off.
+    """
+    rng = jax.random.key(seed)
+    frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
+    ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
+    model = nnx.merge(setup.model_def, state["params"])
+    pairs = hybrid.predictions(model, frozen, ema, video, rng, setup.objective, setup.config,
+                               train=False)
+    terms = {name: hybrid.LOSS_FNS[name](*pair) for name, pair in pairs.items()}
+    return terms, hybrid.baselines(pairs)
+
+
 def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison):
     """One optimizer step. Returns (new state, metrics)."""
     loss, terms, grads = loss_and_grads(setup, state, teachers, video, poison)
@@ -80,6 +96,11 @@ def compile_step(setup: Setup) -> Sharded:
     """f(state, teachers, video, poison) -> (state, metrics); the state is donated."""
     return Sharded(setup, train_step, (setup.state_shardings, replicated(setup.mesh)), scalars=1,
                    donate_argnums=0)
+
+
+def compile_eval(setup: Setup) -> Sharded:
+    """f(state, teachers, video, seed) -> ({term: loss}, {term: baseline})."""
+    return Sharded(setup, eval_losses, replicated(setup.mesh), scalars=1)
 
 
 def compile_grads(setup: Setup) -> Sharded:
