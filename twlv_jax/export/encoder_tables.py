@@ -1,0 +1,116 @@
+"""Name maps of our video encoder (`VideoViT`): Hugging Face `VideoMAEModel` and PyTorch.
+
+Our names are the dotted paths of the encoder's pure-dict state; blocks are stacked
+(`blocks.blocks.*`, leading layers axis). Both tables are built from the set of names a
+config has, so a layout (qkv_bias all|qv|none, LayerScale) maps exactly what exists.
+
+    ours (stacked over layers)   VideoMAEModel, `encoder.layer.{i}.` + ...   torch (timm layout)
+    patch_embed.kernel (tpp3, D)  embeddings.patch_embeddings.projection   patch_embed.proj
+    attn.qkv (D, 3, H, Dh)        attention.attention.{query,key,value}    blocks.{i}.attn.qkv
+    attn.q_bias / v_bias (H, Dh)  attention.attention.query/value.bias     blocks.{i}.attn.q_bias/v_bias
+    attn.qkv_bias (3, H, Dh)      query/value.bias (key bias dropped)      blocks.{i}.attn.qkv.bias
+    attn.out (H, Dh, D)           attention.output.dense                   blocks.{i}.attn.proj
+    norm1 / norm2                 layernorm_before / layernorm_after       blocks.{i}.norm1 / norm2
+    mlp.fc1 / mlp.fc2             intermediate.dense / output.dense        blocks.{i}.mlp.fc1 / fc2
+    gamma1 / gamma2               (none: not expressible)                  blocks.{i}.gamma_1 / gamma_2
+    norm                          layernorm                                norm
+
+LayerNorm `scale` is `weight` on the PyTorch side; kernels (in, out) are Linear weights
+(out, in); kernels with head axes are flattened to 2-D first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from twlv_jax.export.table import Rule, dense, flat, same
+
+B = "blocks.blocks."
+
+
+def patch_rule(theirs: str, tubelet: int, patch: int) -> Rule:
+    """Our dense kernel over flattened (t, p, p, C) tubelets <-> a Conv3d weight (O, C, t, p, p)."""
+    def to_theirs(kernel: np.ndarray):
+        out = kernel.shape[-1]
+        return (kernel.reshape(tubelet, patch, patch, -1, out).transpose(4, 3, 0, 1, 2),)
+
+    def to_ours(arrays, shape):
+        return arrays[0].transpose(2, 3, 4, 1, 0).reshape(shape)   # (t, p, p, C, O) flattened
+
+    return Rule("patch_embed.kernel", (theirs,), to_theirs, to_ours)
+
+
+def _norm(ours: str, theirs: str, layered: bool) -> list[Rule]:
+    return [same(f"{ours}.scale", f"{theirs}.weight", layered),
+            same(f"{ours}.bias", f"{theirs}.bias", layered)]
+
+
+def _linear(ours: str, theirs: str) -> list[Rule]:
+    return [dense(f"{ours}.kernel", f"{theirs}.weight", True),
+            same(f"{ours}.bias", f"{theirs}.bias", True)]
+
+
+def _split_qkv(theirs: tuple[str, str, str]) -> Rule:
+    """(D, 3, H, Dh) <-> three Linear weights (H*Dh, D)."""
+    def to_theirs(w):
+        return tuple(w[:, j].reshape(w.shape[0], -1).T for j in range(3))
+
+    def to_ours(arrays, shape):
+        return np.stack([a.T for a in arrays], axis=1).reshape(shape)
+
+    return Rule(B + "attn.qkv", theirs, to_theirs, to_ours, layered=True)
+
+
+def _qv_of_qkv_bias(theirs: tuple[str, str]) -> Rule:
+    """(3, H, Dh) <-> query and value biases; the key bias is dropped (softmax ignores it)
+    and comes back as zeros."""
+    def to_ours(arrays, shape):
+        q, v = (a.reshape(shape[1:]) for a in arrays)
+        return np.stack([q, np.zeros_like(q), v])
+
+    return Rule(B + "attn.qkv_bias", theirs, lambda b: (b[0].reshape(-1), b[2].reshape(-1)),
+                to_ours, layered=True)
+
+
+def videomae_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
+    """Our encoder <-> `VideoMAEModel` keys (no `videomae.` prefix)."""
+    layer, attn = "encoder.layer.{i}.", "encoder.layer.{i}.attention."
+    rules = [patch_rule("embeddings.patch_embeddings.projection.weight", tubelet, patch),
+             same("patch_embed.bias", "embeddings.patch_embeddings.projection.bias"),
+             *_norm(B + "norm1", layer + "layernorm_before", True),
+             _split_qkv(tuple(f"{attn}attention.{n}.weight" for n in ("query", "key", "value"))),
+             dense(B + "attn.out", attn + "output.dense.weight", True, heads_in=True),
+             same(B + "attn.out_bias", attn + "output.dense.bias", True),
+             *_norm(B + "norm2", layer + "layernorm_after", True),
+             *_linear(B + "mlp.fc1", layer + "intermediate.dense"),
+             *_linear(B + "mlp.fc2", layer + "output.dense"),
+             *_norm("norm", "layernorm", False)]
+    if B + "attn.q_bias" in names:
+        rules += [flat(B + "attn.q_bias", attn + "attention.query.bias", True),
+                  flat(B + "attn.v_bias", attn + "attention.value.bias", True)]
+    if B + "attn.qkv_bias" in names:
+        rules.append(_qv_of_qkv_bias((attn + "attention.query.bias", attn + "attention.value.bias")))
+    return rules
+
+
+def torch_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
+    """Our encoder <-> flat PyTorch names (timm / original VideoMAE layout)."""
+    blk = "blocks.{i}."
+    rules = [patch_rule("patch_embed.proj.weight", tubelet, patch),
+             same("patch_embed.bias", "patch_embed.proj.bias"),
+             *_norm(B + "norm1", blk + "norm1", True),
+             dense(B + "attn.qkv", blk + "attn.qkv.weight", True),
+             dense(B + "attn.out", blk + "attn.proj.weight", True, heads_in=True),
+             same(B + "attn.out_bias", blk + "attn.proj.bias", True),
+             *_norm(B + "norm2", blk + "norm2", True),
+             *_linear(B + "mlp.fc1", blk + "mlp.fc1"),
+             *_linear(B + "mlp.fc2", blk + "mlp.fc2"),
+             *_norm("norm", "norm", False)]
+    if B + "attn.qkv_bias" in names:
+        rules.append(flat(B + "attn.qkv_bias", blk + "attn.qkv.bias", True))
+    if B + "attn.q_bias" in names:
+        rules += [flat(B + "attn.q_bias", blk + "attn.q_bias", True),
+                  flat(B + "attn.v_bias", blk + "attn.v_bias", True)]
+    if B + "gamma1" in names:
+        rules += [same(B + "gamma1", blk + "gamma_1", True), same(B + "gamma2", blk + "gamma_2", True)]
+    return rules
