@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "knn": ("twlv_jax.eval.knn", "k-NN top-1 of embedding folders (official protocol)"),
     "probe": ("twlv_jax.eval.probes", "linear probe of embedding folders, or attentive probe"),
     "motion": ("twlv_jax.eval.motion", "forward vs time-reversed separability, embedding plots"),
+    "export": ("twlv_jax.export.export_cli", "a checkpoint's encoder for transformers/PyTorch, with parity"),
+    "import": ("twlv_jax.export.import_cli", "HF VideoMAE or CLIP weights into a checkpoint or teacher"),
 }
 
 

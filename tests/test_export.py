@@ -1,0 +1,259 @@
+"""Weights in and out: real transformers models (random init, offline), a real tiny checkpoint."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from twlv_jax import config as cfglib  # noqa: E402
+from twlv_jax.data.synthetic import SynthOptions, write_synthetic  # noqa: E402
+from twlv_jax.eval.encoder import abstract_student, load_encoder  # noqa: E402
+from twlv_jax.export import export_cli, files, hf_clip, import_cli, parity, student, videomae  # noqa: E402
+from twlv_jax.export.table import ConversionError, export_params, import_params  # noqa: E402
+from twlv_jax.train import checkpoint as ckptlib  # noqa: E402
+from twlv_jax.train import loop  # noqa: E402
+
+TINY_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+               image_size=32, patch_size=8, num_frames=8, tubelet_size=2, layer_norm_eps=1e-6,
+               decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+               decoder_intermediate_size=64, use_mean_pooling=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(str(root), SynthOptions(train=8, val=2, frames=24, size=32))
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    """A tiny student in VideoMAE's layout (1-D positions, q/v biases), trained 2 steps."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
+        ("data.path", str(data / "train.csv")), ("data.workers", "0"), ("train.batch_size", "8"),
+        ("train.steps", "2"), ("train.ckpt_every", "2"), ("model.pos_embed", "sincos1d"),
+        ("model.qkv_bias", "qv")])
+    loop.run(config, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def custom_checkpoint(tmp_path_factory):
+    """A tiny student VideoMAEModel cannot express (3-D positions, LayerScale, key bias)."""
+    config = student.make_config("tiny", dict(pos_embed="sincos3d", qkv_bias="all", layerscale=0.5))
+    rng = np.random.default_rng(0)
+    params = {k: v + 0.05 * rng.standard_normal(v.shape, np.float32)
+              for k, v in student.fresh(config).items()}
+    folder = str(tmp_path_factory.mktemp("custom"))
+    student.write(folder, config, params, source="test")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("hf") / "videomae")
+    assert export_cli.main(["hf", "--checkpoint", checkpoint, "--output", out,
+                            "--input", str(data / "val.csv")]) == 0
+    return out
+
+
+def clips(count=2, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, 8, 32, 32, 3), dtype=np.uint8)
+
+
+def hf_tokens(model, video):
+    with torch.no_grad():
+        return model(pixel_values=torch.from_numpy(parity.normalized(video))).last_hidden_state.numpy()
+
+
+def test_export_videomae_form_loads_with_no_key_problems_and_matches(exported, checkpoint):
+    with open(os.path.join(exported, "config.json")) as f:
+        config = json.load(f)
+    assert config["architectures"] == ["VideoMAEModel"] and not config["use_mean_pooling"]
+    assert config["layer_norm_eps"] == 1e-6 and "auto_map" not in config
+    model, info = transformers.VideoMAEModel.from_pretrained(exported, output_loading_info=True)
+    assert not any(info.values()), info
+    video = clips()
+    ours = load_encoder(checkpoint)(video, tokens=True)
+    np.testing.assert_allclose(hf_tokens(model.eval(), video), ours["tokens"], atol=1e-5, rtol=0)
+    with open(os.path.join(exported, "parity.json")) as f:
+        report = json.load(f)
+    assert report["passed"] and report["form"] == "videomae"
+    assert report["clips"].startswith("2 clips decoded from") and report["max_abs_diff_tokens"] < 1e-5
+    with open(os.path.join(exported, "preprocessing.json")) as f:
+        spec = json.load(f)
+    assert (spec["frames"], spec["image_size"], spec["mean"]) == (8, 32, [0.485, 0.456, 0.406])
+
+
+def test_ours_to_hf_to_ours_is_bit_identical(exported, checkpoint, tmp_path, capsys):
+    back = str(tmp_path / "back")
+    assert import_cli.main(["videomae", "--input", exported, "--output", back]) == 0
+    assert "parity PASS" in capsys.readouterr().out
+    original = jax.device_get(load_encoder(checkpoint).params)
+    again = jax.device_get(load_encoder(back).params)
+    jax.tree.map(np.testing.assert_array_equal, again, original)
+
+
+def test_custom_form_when_videomae_cannot_express_it(custom_checkpoint, tmp_path, capsys):
+    refused = str(tmp_path / "refused")
+    assert export_cli.main(["hf", "--checkpoint", custom_checkpoint, "--output", refused,
+                            "--form", "videomae"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twlv export: VideoMAEModel cannot compute what this encoder computes: "
+                          "pos_embed=sincos3d") and err.count("\n") == 1
+    assert not os.path.exists(refused)
+    out = str(tmp_path / "custom")
+    assert export_cli.main(["hf", "--checkpoint", custom_checkpoint, "--output", out]) == 0
+    assert "form: custom: VideoMAEModel cannot express it" in capsys.readouterr().out
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["model_type"] != "videomae" and "auto_map" in config
+    assert sorted(os.listdir(out)) == ["config.json", "configuration_twlv.py", "model.safetensors",
+                                       "modeling_twlv.py", "parity.json", "preprocessing.json"]
+    model, info = transformers.AutoModel.from_pretrained(out, trust_remote_code=True,
+                                                         output_loading_info=True)
+    assert not any(info.values()), info
+    video = clips(seed=1)
+    ours = load_encoder(custom_checkpoint)(video, tokens=True)
+    with torch.no_grad():
+        result = model.eval()(pixel_values=torch.from_numpy(parity.normalized(video)))
+    np.testing.assert_allclose(result.last_hidden_state.numpy(), ours["tokens"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.pooler_output.numpy(), ours["pooled"], atol=1e-5, rtol=0)
+
+
+def test_torch_and_npz_state_dicts(custom_checkpoint, tmp_path):
+    for kind, name in (("torch", "enc.safetensors"), ("npz", "enc.npz")):
+        out = str(tmp_path / name)
+        assert export_cli.main([kind, "--checkpoint", custom_checkpoint, "--output", out]) == 0
+        state = files.read_state(out) if kind == "torch" else dict(np.load(out))
+        assert state["blocks.1.attn.qkv.weight"].shape == (192, 64)
+        assert state["patch_embed.proj.weight"].shape == (64, 3, 2, 8, 8)
+        assert state["blocks.0.gamma_1"].shape == (64,) and "blocks.0.attn.qkv.bias" in state
+        with open(os.path.splitext(out)[0] + ".parity.json") as f:
+            assert json.load(f)["passed"]
+
+
+def random_videomae(folder, *, seed=0, **overrides):
+    """A VideoMAEForPreTraining at random init, every parameter perturbed (biases too)."""
+    torch.manual_seed(seed)
+    model = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**{**TINY_HF, **overrides}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def test_import_videomae_reproduces_hugging_face(tmp_path):
+    hf_model = random_videomae(tmp_path / "hf")
+    out = str(tmp_path / "imported")
+    assert import_cli.main(["videomae", "--input", str(tmp_path / "hf"), "--output", out]) == 0
+    with open(os.path.join(out, "import_report.json")) as f:
+        report = json.load(f)
+    assert report["ignored"][0].startswith("21 keys of pretraining/classification heads")
+    assert report["parity"]["passed"] and not report["missing"]
+    video = clips(seed=2)
+    ours = load_encoder(out)(video, tokens=True)
+    np.testing.assert_allclose(ours["tokens"], hf_tokens(hf_model.videomae, video), atol=1e-5, rtol=0)
+    # init_from reads the student of the imported checkpoint strictly
+    config = student.make_config("tiny", dict(pos_embed="sincos1d", qkv_bias="qv"))
+    _, abstract, _ = abstract_student(config)
+    _, lines = ckptlib.load_params(out, {"student": abstract})
+    assert lines[0].startswith("loaded 17 of 17 parameter arrays")
+
+
+def test_import_accepts_old_q_bias_names(tmp_path):
+    random_videomae(tmp_path / "hf", seed=3)
+    state = files.read_state(str(tmp_path / "hf"))
+    old = {k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): v
+           for k, v in state.items()}
+    assert "videomae.encoder.layer.0.attention.attention.q_bias" in old
+    config = student.make_config("tiny", dict(pos_embed="sincos1d", qkv_bias="qv"))
+    like = student.fresh(config)
+    rules = videomae.rules(config.model, set(like))
+    new_params, _ = import_params(videomae.normalize_keys(state), rules, like, source="new",
+                                  ignore=videomae.IGNORE)
+    old_params, _ = import_params(videomae.normalize_keys(old), rules, like, source="old",
+                                  ignore=videomae.IGNORE)
+    for name in new_params:
+        np.testing.assert_array_equal(old_params[name], new_params[name])
+
+
+def test_strict_import_names_missing_unexpected_and_misshaped_keys(tmp_path, capsys):
+    config = student.make_config("tiny", dict(pos_embed="sincos1d", qkv_bias="qv"))
+    like = student.fresh(config)
+    rules = videomae.rules(config.model, set(like))
+    good = export_params(like, rules)
+    cases = [
+        ({k: v for k, v in good.items() if k != "encoder.layer.1.output.dense.weight"},
+         "missing encoder.layer.1.output.dense.weight (64, 256)"),
+        ({**good, "encoder.layer.0.attention.attention.key.bias": np.zeros(64, np.float32)},
+         "unexpected encoder.layer.0.attention.attention.key.bias"),
+        ({**good, "layernorm.weight": np.ones(32, np.float32)},
+         "layernorm.weight has shape (32,), expected (64,)"),
+    ]
+    for state, message in cases:
+        with pytest.raises(ConversionError, match=r"1 key problem\(s\): " + message.replace(
+                "(", r"\(").replace(")", r"\)")):
+            import_params(state, rules, like, source="sd")
+    state = cases[0][0]
+    params, report = import_params(state, rules, like, source="sd", allow=["encoder.layer.1.output.*"])
+    assert report.allowed == ["encoder.layer.1.output.dense.weight (64, 256)"]
+    np.testing.assert_array_equal(params["blocks.blocks.mlp.fc2.kernel"][1],
+                                  like["blocks.blocks.mlp.fc2.kernel"][1])
+    # through the command line: one line, exit 2, nothing written
+    random_videomae(tmp_path / "hf", seed=4, layer_norm_eps=1e-12)
+    src = files.read_state(str(tmp_path / "hf"))
+    del src["videomae.layernorm.bias"]
+    save_file(src, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    out = str(tmp_path / "never")
+    capsys.readouterr()
+    assert import_cli.main(["videomae", "--input", str(tmp_path / "hf"), "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twlv import: ") and "missing layernorm.bias (64,)" in err
+    assert err.count("\n") == 1 and not os.path.exists(out)
+
+
+def test_import_clip_into_the_image_teacher(tmp_path):
+    from flax import nnx
+
+    from twlv_jax import models
+    from twlv_jax.models import weights as weightlib
+
+    torch.manual_seed(0)
+    kwargs = dict(hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=8, projection_dim=32)
+    hf = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        image_size=32, **kwargs)).eval()
+    hf.save_pretrained(tmp_path / "same")
+    out = str(tmp_path / "teacher.safetensors")
+    assert import_cli.main(["clip", "--input", str(tmp_path / "same"), "--output", out,
+                            "--variant", "tiny"]) == 0
+    teacher = models.image_teacher("tiny")
+    nnx.update(teacher, nnx.State(weightlib.load(out, nnx.to_pure_dict(nnx.state(teacher)))))
+    images = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+    with torch.no_grad():
+        expected = hf(torch.from_numpy(images.transpose(0, 3, 1, 2))).image_embeds.numpy()
+    ours = teacher.features(jax.numpy.asarray(images), num_layers=1)["embedding"]
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+    # a CLIP at another resolution: its position table is resampled, and the report says so
+    transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        image_size=64, **kwargs)).save_pretrained(tmp_path / "big")
+    _, report = hf_clip.import_clip(str(tmp_path / "big" / "model.safetensors"), "tiny")
+    assert report.resampled == ["vision_model.embeddings.position_embedding.weight (65, 48) -> (17, 48)"]
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert export_cli.main(["hf", "--checkpoint", str(tmp_path / "nothing"), "--output",
+                            str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twlv export: checkpoint ") and err.count("\n") == 1
+    assert export_cli.main(["npz", "--checkpoint", str(tmp_path), "--output", "x.bin"]) == 2
+    assert "needs a .npz file name" in capsys.readouterr().err

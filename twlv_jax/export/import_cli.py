@@ -1,0 +1,103 @@
+"""`twlv import videomae|clip`: external weights into our models, strictly, with a report.
+
+    twlv import videomae --input hf_videomae/ --output imported/      # a student checkpoint
+    twlv import videomae --input hf_videomae/ --output teacher.safetensors   # video teacher file
+    twlv import clip --input hf_clip/ --output clip.safetensors --variant clip_b16
+
+`videomae` reads a `VideoMAEModel` or `VideoMAEForPreTraining` folder (config.json plus
+weights; `q_bias`/`v_bias` names accepted) into our encoder: a checkpoint folder that
+`twlv embed`, `twlv export` and `twlv train --config.init_from=DIR
+--config.init_strict=false` (the heads start fresh) take, or with a .safetensors output
+the weights file of `objective.video_teacher.weights`. `clip` writes the image teacher's
+weights file (`teacher.weights`). Missing, unexpected and mis-shaped keys stop the import
+unless each matches an --allow pattern; the report (JSON beside the output) lists them,
+what was ignored (pretraining heads, text tower) and any position table resampled. With
+torch and transformers installed, a VideoMAE import also runs the parity check of export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from twlv_jax.export import files, hf_clip, parity, student, videomae
+from twlv_jax.export.table import import_params
+from twlv_jax.models import weights as weightlib
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twlv import", description=__doc__.split("\n\n")[0])
+    p.add_argument("format", choices=("videomae", "clip"))
+    p.add_argument("--input", required=True, help="Hugging Face folder or weights file")
+    p.add_argument("--output", required=True,
+                   help="checkpoint folder, or a .safetensors weights file")
+    p.add_argument("--allow", action="append", default=[], metavar="PATTERN",
+                   help="accept problems of keys matching this fnmatch pattern (repeatable)")
+    p.add_argument("--variant", default="clip_b16", help="clip: the teacher variant")
+    return p
+
+
+def _videomae(args) -> tuple[dict, str]:
+    hf_config = files.read_config(args.input)
+    variant, fields, notes = videomae.model_fields(hf_config)
+    config = student.make_config(variant, fields)
+    like = student.fresh(config)
+    state = videomae.normalize_keys(files.read_state(args.input))
+    params, report = import_params(state, videomae.rules(config.model, set(like)), like,
+                                   source=files.weights_file(args.input), allow=args.allow,
+                                   ignore=videomae.IGNORE)
+    if report.ignored:
+        report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
+                          f"({', '.join(sorted({k.split('.')[0] for k in report.ignored}))})"]
+    grid = (fields["frames"] // fields["tubelet"], *(2 * [fields["image_size"] // fields["patch"]]))
+    report.notes += [f"variant {variant}; positions: VideoMAE's fixed 1-D sin-cos table for "
+                     f"the grid {grid} (pos_embed=sincos1d), computed, not stored", *notes]
+    result = report.to_dict()
+    if args.output.endswith(".safetensors"):
+        weightlib.save(weightlib.unflatten(params), args.output)
+    else:
+        step = student.write(args.output, config, params, source=os.path.abspath(args.input))
+        print(f"checkpoint step folder: {step}")
+    if os.path.isdir(args.input):
+        check = parity.run(config, params, "videomae", args.input)
+        check["loading_problems"] = {}   # the decoder of a pretraining folder is not ours
+        check["passed"] = check["max_abs_diff_tokens"] <= check["tolerance"]
+        result["parity"] = check
+        print(parity.summary(check))
+    return result, "\n".join(report.lines())
+
+
+def _clip(args) -> tuple[dict, str]:
+    if not args.output.endswith(".safetensors"):
+        raise ValueError(f"--output {args.output}: the image teacher is written as a "
+                         ".safetensors weights file")
+    path = files.weights_file(args.input)
+    params, report = hf_clip.import_clip(path, args.variant, allow=args.allow)
+    weightlib.save(params, args.output)
+    report.notes.append(f"teacher variant {args.variant}; use --config.teacher.weights={args.output}")
+    return report.to_dict(), "\n".join(report.lines())
+
+
+def _run(args) -> int:
+    print(f"twlv import {args.format}: {args.input} -> {args.output}")
+    result, text = (_videomae if args.format == "videomae" else _clip)(args)
+    print(text)
+    path = (os.path.join(args.output, "import_report.json") if os.path.isdir(args.output)
+            else os.path.splitext(args.output)[0] + ".import_report.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(f"wrote {args.output}; report: {path}")
+    return 0 if result.get("parity", {}).get("passed", True) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `twlv import`; 2: bad arguments, inputs or key problems, 1: parity failed."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"twlv import: {error}", file=sys.stderr)
+        return 2
