@@ -1,1 +1,11 @@
-"""Weights from and to other frameworks (Hugging Face / PyTorch), by name-mapping tables."""
+"""Weights in and out of our models, by name-mapping tables (docs/export.md).
+
+    table.py           rules (ours <-> external keys, a transform each way), strict import
+    encoder_tables.py  our encoder <-> VideoMAEModel keys, <-> PyTorch (timm) names
+    videomae.py        VideoMAE: what it can express, its config, key renames
+    hf_clip.py         Hugging Face CLIP vision tower <-> the image teacher
+    hf.py, remote/     the Hugging Face folders (VideoMAEModel or remote code), flat files
+    parity.py          ours vs the exported model on the same clips
+    student.py         the student of a checkpoint as arrays; writing an imported one
+    export_cli.py, import_cli.py   `twlv export`, `twlv import`
+"""
