@@ -22,10 +22,7 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.run-installed
 	touch $@
 
 demo: $(VENV)/.run-installed
-	@test -f $(DEMO_DATA)/train.csv || $(BIN)/twlv data synth --output $(DEMO_DATA)
-	rm -rf $(DEMO_DIR)
-	$(BIN)/twlv train --config configs/demo.py --workdir $(DEMO_DIR) \
-		--config.data.path=$(DEMO_DATA)/train.csv --config.train.probe_path=$(DEMO_DATA)
+	$(BIN)/twlv demo --workdir $(DEMO_DIR) --data $(DEMO_DATA)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -n 2 --durations=15 tests

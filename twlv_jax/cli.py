@@ -11,6 +11,7 @@ import sys
 
 # verb -> (module with main(argv), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("twlv_jax.demo", "pretrain on the synthetic set and show that it learns (one table)"),
     "train": ("twlv_jax.train.loop", "pretrain an encoder: --config FILE[:ARGS] --workdir DIR"),
     "data": ("twlv_jax.data.cli", "video data: synth | build | prepare"),
     "inspect": ("twlv_jax.train.inspect", "show a checkpoint's step, config, versions and params"),

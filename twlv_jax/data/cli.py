@@ -33,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=float, default=defaults.fps)
     synth.add_argument("--distractors", type=int, default=defaults.distractors,
                        help="small shapes moving in random directions")
+    synth.add_argument("--texture", type=float, default=defaults.texture,
+                       help="background texture contrast (0: flat)")
+    synth.add_argument("--grey", action="store_true", help="grey background instead of a tint")
+    synth.add_argument("--noise", type=float, default=defaults.noise,
+                       help="per-pixel noise std, uint8 levels")
+    synth.add_argument("--radius", type=float, default=defaults.radius,
+                       help="size of the large shape, share of the frame")
+    synth.add_argument("--travel", type=float, default=defaults.travel,
+                       help="distance it moves over the video, share of the frame")
     synth.add_argument("--seed", type=int, default=defaults.seed)
     synth.add_argument("--workers", type=int, default=_DEFAULT_WORKERS, help="processes")
 
@@ -75,7 +84,9 @@ def _synth(args) -> None:
     from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 
     options = SynthOptions(train=args.train, val=args.val, frames=args.frames, size=args.size,
-                           fps=args.fps, distractors=args.distractors, seed=args.seed)
+                           fps=args.fps, distractors=args.distractors, texture=args.texture,
+                           grey=args.grey, noise=args.noise, radius=args.radius,
+                           travel=args.travel, seed=args.seed)
     print(f"writing {options.train} + {options.val} synthetic videos ({options.frames} frames, "
           f"{options.size}x{options.size} px, {options.fps:g} fps, seed {options.seed}) "
           f"to {args.output}")

@@ -40,7 +40,10 @@ class SynthOptions:
     fps: float = 16.0      # frames per second (40 frames: 2.5 s)
     distractors: int = 3   # small shapes moving in random directions
     texture: float = 1.0   # contrast of the background texture (0: a flat colour)
+    grey: bool = False     # a grey background (one level for all channels) instead of a tint
     noise: float = 3.0     # std of the per-pixel noise, in uint8 levels
+    radius: float = 0.16   # size of the large shape, as a share of the frame
+    travel: float = 0.45   # distance it moves over the video, as a share of the frame
     seed: int = 0
 
 
@@ -56,7 +59,7 @@ def _shape_alpha(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> n
     return np.clip(0.5 - distance, 0.0, 1.0)
 
 
-def _background(rng: np.random.Generator, size: int, contrast: float) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, contrast: float, grey: bool) -> np.ndarray:
     """A smooth random texture in muted colours: (size, size, 3) float."""
     y, x = np.mgrid[0:size, 0:size] / size
     texture = np.zeros((size, size))
@@ -64,7 +67,7 @@ def _background(rng: np.random.Generator, size: int, contrast: float) -> np.ndar
         angle, frequency, phase = rng.uniform(0, math.pi), rng.uniform(2, 7), rng.uniform(0, 6.3)
         texture += np.sin(2 * math.pi * frequency * (x * math.cos(angle) + y * math.sin(angle))
                           + phase)
-    tint = rng.uniform(70, 170, size=3)
+    tint = np.full(3, rng.uniform(70, 170)) if grey else rng.uniform(70, 170, size=3)
     return tint + 22 * contrast * texture[..., None] * rng.uniform(0.5, 1.0, size=3)  # (H, W, 3)
 
 
@@ -81,11 +84,11 @@ def _paint(canvas: np.ndarray, shape: str, colour: np.ndarray, centres: np.ndarr
 
 
 def render_video(rng: np.random.Generator, appearance: int, motion: int, *, frames: int,
-                 size: int, distractors: int, texture: float = 1.0,
-                 noise: float = 3.0) -> np.ndarray:
+                 size: int, distractors: int, texture: float = 1.0, noise: float = 3.0,
+                 radius: float = 0.16, travel: float = 0.45, grey: bool = False) -> np.ndarray:
     """One video of the set: uint8 (frames, size, size, 3)."""
     shape, colour_name = SHAPES[appearance // len(COLOURS)], list(COLOURS)[appearance % len(COLOURS)]
-    canvas = np.repeat(_background(rng, size, texture)[None], frames, axis=0)  # (T, H, W, 3)
+    canvas = np.repeat(_background(rng, size, texture, grey)[None], frames, axis=0)  # (T, H, W, 3)
     t = np.arange(frames)[:, None] / max(frames - 1, 1)  # (T, 1) in [0, 1]
     for _ in range(distractors):
         start = rng.uniform(0, size, size=2)
@@ -94,9 +97,9 @@ def render_video(rng: np.random.Generator, appearance: int, motion: int, *, fram
         colour = np.array(list(COLOURS.values())[rng.integers(len(COLOURS))], float)
         _paint(canvas, SHAPES[rng.integers(len(SHAPES))], colour + rng.normal(0, 12, 3),
                centres, 0.07 * size)
-    radius = 0.16 * size
+    radius = radius * size
     angle = motion * math.pi / 4
-    step = np.array([math.cos(angle), -math.sin(angle)]) * 0.45 * size  # y points down
+    step = np.array([math.cos(angle), -math.sin(angle)]) * travel * size  # y points down
     low, high = radius + 1 - np.minimum(step, 0), size - radius - 1 - np.maximum(step, 0)
     centres = rng.uniform(low, high) + t * step  # (T, 2), inside the frame throughout
     colour = np.array(COLOURS[colour_name], float) + rng.normal(0, 10, 3)
@@ -136,6 +139,9 @@ def _check(options: SynthOptions) -> None:
         (options.distractors >= 0, f"distractors must be >= 0, got {options.distractors}"),
         (options.texture >= 0, f"texture must be >= 0, got {options.texture}"),
         (options.noise >= 0, f"noise must be >= 0, got {options.noise}"),
+        (options.radius > 0 and 2 * options.radius + options.travel < 1,
+         f"radius {options.radius} and travel {options.travel}: the shape must stay inside "
+         "the frame (2 * radius + travel < 1)"),
     ) if not ok]
     if problems:
         raise ValueError("synthetic set: " + "; ".join(problems))
@@ -155,7 +161,8 @@ def _write_one(job: tuple) -> dict:
     rng = np.random.default_rng(video_seed)
     frames = render_video(rng, appearance, motion, frames=options.frames, size=options.size,
                           distractors=options.distractors, texture=options.texture,
-                          noise=options.noise)
+                          noise=options.noise, radius=options.radius, travel=options.travel,
+                          grey=options.grey)
     write_video(path, frames, fps=options.fps, gop=8, crf=18, threads=1)
     return {"path": path,
             "labels": {"label": appearance, "label_appearance": appearance,

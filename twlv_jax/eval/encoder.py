@@ -137,6 +137,20 @@ def load_encoder(path: str, *, step: int | None = None, mesh: Mesh | None = None
                    source=os.path.join(directory, str(step)))
 
 
+def random_encoder(config, *, mesh: Mesh | None = None, rules: str = "dp") -> Encoder:
+    """The student of a run config at its random init: the parameters `twlv train` starts
+    from with the same seed (the baseline that pretraining must beat)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh.rules = rules
+    mesh = mesh or make_mesh((-1, 1, 1))
+    graphdef, abstract, specs = abstract_student(config)
+    shardings = sharding.param_shardings(abstract, specs, mesh, rules)
+    init = lambda: nnx.to_pure_dict(nnx.state(build_student(config.model,
+                                                            nnx.Rngs(config.seed))))
+    params = jax.jit(init, out_shardings=shardings)()
+    return Encoder(graphdef, params, shardings, config, mesh, step=0, source="random init")
+
+
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
     """A step folder (`.../checkpoints/120`) names its step; otherwise the folder itself."""
     path = os.path.abspath(path)

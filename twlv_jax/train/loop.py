@@ -252,7 +252,7 @@ def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, per
 
 
 def run_probe(run: Run, probe: KnnProbe, writer: MetricsWriter) -> None:
-    scores = probe(run.state)
+    scores = probe(run.state, run.teachers)
     run.probe_scores = (run.step, scores)
     writer.write(run.step, scores)
     writer.note(f"step {run.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
