@@ -1,0 +1,162 @@
+r"""`twlv sweep`: the runs a config file's get_hyper(h) declares, trained and tabulated.
+
+    twlv sweep configs/ablations/targets.py:setting=cpu --workdir runs/abl_targets \
+        --config.data.path=runs/demo_data/train.csv --config.train.probe_path=runs/demo_data
+
+Every run's config is built and validated before any run starts. Each run trains in
+ROOT/NAME (NAME from its overrides); runs go one after another in subprocesses of
+`twlv train`, or are handed to a launcher (launch/<launcher>.sh). Rerunning the command
+skips finished runs and resumes the others. ROOT/results.md, results.csv and results.png
+gather the final losses, throughput and probe scores; --collect rebuilds them from the
+workdirs (runs on a cluster) with each run's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from twlv_jax import config as cfglib
+from twlv_jax.sweep import execute, results
+from twlv_jax.sweep.expand import Run, SweepError, expand
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    overrides, rest = cfglib.split_cli(argv)
+    parser = argparse.ArgumentParser(prog="twlv sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="--config.KEY=VALUE applies to every run (the "
+                                            "sweep's own value wins for a swept key)")
+    parser.add_argument("spec", metavar="FILE[:ARGS]", help="a config file with get_hyper(h)")
+    parser.add_argument("--workdir", required=True, help="ROOT: one folder per run, and the results")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the runs and their commands; write and run nothing")
+    parser.add_argument("--launcher", choices=execute.LAUNCHERS, default="local")
+    parser.add_argument("--launcher_args", default="",
+                        help="options for launch/<launcher>.sh, e.g. '--tpu=pod --zone=us-east5-a'")
+    parser.add_argument("--only", help="NAME,...: these runs only")
+    parser.add_argument("--collect", action="store_true",
+                        help="only rebuild the results table from the runs' workdirs")
+    parser.add_argument("--devices", type=int,
+                        help="devices each run gets, for the mesh checks (default: this "
+                             "machine's for --launcher local, else what each mesh fixes)")
+    return parser.parse_args(rest), overrides
+
+
+def select(runs: list[Run], only: str | None) -> list[Run]:
+    if not only:
+        return runs
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in {r.name for r in runs}]
+    if unknown:
+        raise SweepError(f"--only: no run named {unknown[0]!r}; runs: "
+                         f"{', '.join(r.name for r in runs)}")
+    return [r for r in runs if r.name in wanted]
+
+
+def describe(runs: list[Run], root: str) -> str:
+    lines = [f"{len(runs)} run(s) under {root}:"]
+    for i, run in enumerate(runs, 1):
+        own = " ".join(f"{k[len('config.'):] if k.startswith('config.') else k}={v!r}"
+                       for k, v in run.values.items())
+        lines.append(f"  [{i}] {run.name}: {own}")
+    return "\n".join(lines)
+
+
+def write_runs(root: str, spec: str, runs: list[Run]) -> None:
+    """ROOT/sweep.json (the sweep) and ROOT/NAME/sweep_run.json (each resolved config)."""
+    os.makedirs(root, exist_ok=True)
+    entries = [{"name": r.name, "spec": r.spec, "overrides": r.cli_overrides(), "values": r.values}
+               for r in runs]
+    with open(os.path.join(root, "sweep.json"), "w") as f:
+        json.dump({"spec": spec, "runs": entries}, f, indent=2, default=str)
+    for run, entry in zip(runs, entries, strict=True):
+        os.makedirs(execute.run_dir(root, run), exist_ok=True)
+        with open(os.path.join(execute.run_dir(root, run), "sweep_run.json"), "w") as f:
+            json.dump({**entry, "config": run.config.to_dict()}, f, indent=2, default=str)
+
+
+def dry_run(args, runs: list[Run], root: str) -> None:
+    print(describe(runs, root))
+    for run in runs:
+        if args.launcher == "local":
+            print(shlex.join(execute.train_command(root, run)))
+        else:
+            subprocess.run(execute.launcher_command(args.launcher, root, run,
+                                                    shlex.split(args.launcher_args), True),
+                           check=True)
+
+
+def run_local(runs: list[Run], root: str, title: str) -> str | None:
+    """Trains the runs that are not done; returns the signal that stopped the sweep, if any."""
+    with execute.LocalRunner(root) as runner:
+        for i, run in enumerate(runs, 1):
+            state, _ = execute.state_of(execute.run_dir(root, run), run.config)
+            if state == "done":
+                print(f"[{i}/{len(runs)}] {run.name}: done already, skipped")
+                continue
+            if runner.stopped:
+                break
+            how = "resuming" if state != "not started" else "starting"
+            print(f"[{i}/{len(runs)}] {run.name}: {how} (log: "
+                  f"{os.path.join(execute.run_dir(root, run), 'train.log')})", flush=True)
+            state, detail = runner.run(run)
+            print(f"[{i}/{len(runs)}] {run.name}: {state}" + (f" ({detail})" if detail else ""),
+                  flush=True)
+            results.collect(root, runs, title)
+        return runner.stopped
+
+
+def hand_over(args, runs: list[Run], root: str) -> None:
+    for i, run in enumerate(runs, 1):
+        folder = execute.run_dir(root, run)
+        if execute.state_of(folder, run.config)[0] == "done":
+            print(f"[{i}/{len(runs)}] {run.name}: done already, skipped")
+            continue
+        command = execute.launcher_command(args.launcher, root, run,
+                                           shlex.split(args.launcher_args), False)
+        print(f"[{i}/{len(runs)}] {run.name}: handing to {args.launcher}", flush=True)
+        subprocess.run(command, check=True)
+        execute.write_status(folder, "submitted", f"launcher {args.launcher}")
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args, overrides = parse(argv)
+        root = os.path.abspath(args.workdir)
+        devices = args.devices
+        if devices is None and args.launcher == "local":
+            import jax
+            devices = jax.device_count()
+        runs = select(expand(args.spec, overrides, num_devices=devices), args.only)
+    except (cfglib.ConfigError, SweepError) as error:
+        print(f"twlv sweep: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        dry_run(args, runs, root)
+        return 0
+    title = f"twlv sweep {args.spec}"
+    stopped = None
+    if not args.collect:
+        write_runs(root, args.spec, runs)
+        if args.launcher == "local":
+            stopped = run_local(runs, root, title)
+        else:
+            hand_over(args, runs, root)
+    table, paths = results.collect(root, runs, title)
+    states = {}
+    for row in table:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    print(f"twlv sweep: {len(table)} run(s): "
+          + ", ".join(f"{n} {s}" for s, n in states.items()))
+    for path in paths:
+        print(f"  {path}")
+    if stopped:
+        print(f"twlv sweep: stopped by {stopped}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,139 @@
+"""Running a sweep's runs: locally one after another, or handed to a launcher script.
+
+Each run trains in ROOT/NAME. Its state is kept in ROOT/NAME/sweep_status.json (written
+by the local runner and on hand-over); a run handed to a cluster is read from its
+metrics.jsonl instead. Local runs are subprocesses of `twlv train` with --start_over,
+so a rerun resumes from the newest checkpoint or, without one, starts the run afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from twlv_jax import config as cfglib
+from twlv_jax.sweep.expand import Run
+
+LAUNCHERS = ("local", "slurm", "tpu_vm", "xpk")
+LAUNCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "launch")
+STATUS = "sweep_status.json"
+STATES = ("done", "failed", "interrupted", "running", "submitted", "not started")
+
+
+def run_dir(root: str, run: Run) -> str:
+    return os.path.join(root, run.name)
+
+
+def write_status(folder: str, state: str, detail: str = "") -> None:
+    path = os.path.join(folder, STATUS)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"state": state, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
+    os.replace(path + ".tmp", path)
+
+
+def last_records(folder: str) -> tuple[dict, dict]:
+    """(last training record, last record with probe scores) of a run's metrics.jsonl."""
+    train, probe = {}, {}
+    path = os.path.join(folder, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if "loss" in record:
+                    train = record
+                if any(k.startswith("probe/") for k in record):
+                    probe = record
+    return train, probe
+
+
+def state_of(folder: str, config) -> tuple[str, str]:
+    """(state, detail) of a run from its status file, else from its metrics."""
+    path = os.path.join(folder, STATUS)
+    if os.path.isfile(path):
+        with open(path) as f:
+            status = json.load(f)
+        if status["state"] != "submitted":
+            return status["state"], status["detail"]
+    train, _ = last_records(folder)
+    if not train:
+        return ("submitted", "no metrics yet") if os.path.isfile(path) else ("not started", "")
+    amount, unit = cfglib.parse_duration(config.train.steps)
+    if unit == "steps" and train["step"] >= amount:
+        return "done", ""
+    return "running", f"step {train['step']}"
+
+
+def train_command(root: str, run: Run) -> list[str]:
+    return [sys.executable, "-m", "twlv_jax", "train", "--config", run.spec,
+            "--workdir", run_dir(root, run), *run.cli_overrides(), "--start_over"]
+
+
+def launcher_command(launcher: str, root: str, run: Run, launcher_args: list[str],
+                     dry_run: bool) -> list[str]:
+    """The launch/<launcher>.sh command that starts `run` (prints only with --dry_run)."""
+    script = os.path.join(LAUNCH_DIR, f"{launcher}.sh")
+    return [script, *(["--dry_run"] if dry_run else []), *launcher_args, run.spec,
+            run_dir(root, run), *run.cli_overrides()]
+
+
+def _outcome(returncode: int, output: str) -> tuple[str, str]:
+    """(state, detail) of a finished `twlv train` from its exit code and output."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("twlv train:")]
+    if returncode == 0 and said and ("finished at" in said[-1] or "nothing to do" in said[-1]):
+        return "done", ""
+    if returncode == 0 and said and "stopped by" in said[-1]:
+        return "interrupted", said[-1][len("twlv train: "):]
+    # Its own error (which may go on over lines), else the last line it wrote.
+    first = max((i for i, line in enumerate(lines) if line.startswith("twlv train:")),
+                default=len(lines) - 1)
+    why = " ".join(line.lstrip("- ") for line in lines[first:])[:400] or "no output"
+    return "failed", f"exit code {returncode}: {why}"
+
+
+class LocalRunner:
+    """Runs `twlv train` for each run in turn; SIGINT/SIGTERM is passed to the run going
+    on (which checkpoints and exits) and ends the sweep after it."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.stopped: str | None = None
+        self._child: subprocess.Popen | None = None
+
+    def _handle(self, signum, frame) -> None:
+        self.stopped = signal.Signals(signum).name
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signal.SIGTERM)
+
+    def __enter__(self) -> LocalRunner:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def run(self, run: Run) -> tuple[str, str]:
+        """Trains one run to its end (or a stop); returns and records (state, detail)."""
+        folder = run_dir(self.root, run)
+        log_path = os.path.join(folder, "train.log")
+        start = os.path.getsize(log_path) if os.path.isfile(log_path) else 0
+        write_status(folder, "running", f"log: {log_path}")
+        with open(log_path, "a") as log:
+            # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on once.
+            self._child = subprocess.Popen(train_command(self.root, run), stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+            returncode = self._child.wait()
+            self._child = None
+        with open(log_path) as f:
+            f.seek(start)
+            state, detail = _outcome(returncode, f.read())
+        write_status(folder, state, detail)
+        return state, detail
