@@ -2,12 +2,19 @@
 
 Each verb lives in its own module with a `main(argv) -> int`; it is imported only when
 called, so `twlv --help` is instant and does not start JAX.
+
+Errors: a verb prints the errors it expects (bad input, a stop the run chose) as one
+line. Anything else is one line too, naming the exception, with the full traceback
+written to a file; `--debug` (anywhere on the command line) prints it instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import tempfile
+import traceback
 
 # verb -> (module with main(argv), one-line help)
 VERBS: dict[str, tuple[str, str]] = {
@@ -27,13 +34,52 @@ VERBS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, VERBS))
-    lines = ["usage: twlv <verb> [args]  (twlv <verb> --help for a verb's options)", "", "verbs:"]
+    lines = ["usage: twlv <verb> [args] [--debug]  (twlv <verb> --help for a verb's options; "
+             "--debug: full tracebacks)", "", "verbs:"]
     lines += [f"  {verb:<{width}}  {text}" for verb, (_, text) in VERBS.items()]
     return "\n".join(lines)
 
 
+def _traceback_file(verb: str) -> str:
+    """Writes the current exception's traceback to a file; returns its path."""
+    fd, path = tempfile.mkstemp(prefix=f"twlv-{verb}-", suffix=".traceback")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exc(file=f)
+    return path
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (`twlv inspect | head`): later writes and the final flush go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def run_verb(verb: str, rest: list[str], *, debug: bool) -> int:
+    """Runs one verb; an error it did not expect becomes one line (see the module docstring)."""
+    try:
+        module = importlib.import_module(VERBS[verb][0])
+        return module.main(rest) or 0
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141                          # 128 + SIGPIPE, as a shell reports it
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"twlv {verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0][:500]
+        print(f"twlv {verb}: {type(error).__name__}: {first} (traceback: "
+              f"{_traceback_file(verb)}; --debug prints it)", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -45,5 +91,4 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"twlv: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(VERBS[verb][0])
-    return module.main(rest) or 0
+    return run_verb(verb, rest, debug=debug)

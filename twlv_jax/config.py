@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import traceback
 from collections.abc import Sequence
 
 import ml_collections
@@ -133,18 +134,41 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return result
 
 
+def _where(path: str, error: Exception) -> str:
+    """'FILE:LINE: error' for an error raised by the config file at `path`."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f"{path}:{error.lineno}: {error.msg}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == os.path.abspath(path)]
+    line = f":{frames[-1].lineno}" if frames else ""
+    return f"{path}{line}: {type(error).__name__}: {error}"
+
+
+def _exec_config(path: str, module_name: str, arg: str | None = None, *, call: bool = False):
+    """Imports the config file (and calls its get_config(arg) when `call`); an error the
+    file raises becomes a ConfigError that names the file and line."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        if not call:
+            return module
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"config file {path!r} has no get_config(arg) function")
+        return module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except Exception as error:      # the file's own code: name the file and line
+        raise ConfigError(_where(path, error)) from error
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
     """Loads 'path/to/file.py[:arg]' by calling its get_config(arg); returns a locked config."""
     path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(
-        f"_twlv_config_{abs(hash(os.path.abspath(path)))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config(arg) function")
-    config = module.get_config(arg or None)
+    config = _exec_config(path, f"_twlv_config_{abs(hash(os.path.abspath(path)))}", arg,
+                          call=True)
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, "
                           f"got {type(config).__name__}")
@@ -154,11 +178,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 def load_module(spec: str):
     """Imports the config file named in 'path[:arg]' (for get_sweep and friends)."""
-    path = spec.partition(":")[0]
-    module_spec = importlib.util.spec_from_file_location("_twlv_config_module", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return _exec_config(spec.partition(":")[0], "_twlv_config_module")
 
 
 # ---------------------------------------------------------------------------
@@ -213,8 +233,8 @@ def split_cli(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
         if arg.startswith("--config."):
             key, sep, value = arg[len("--config."):].partition("=")
             if not sep:
-                if i + 1 >= len(args):
-                    raise ConfigError(f"{arg} needs a value")
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise ConfigError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
                 value = args[i + 1]
                 i += 1
             overrides.append((key, value))
