@@ -1,11 +1,15 @@
 """One validation pass over a pretraining config, before anything is built or compiled.
 
-Every problem is collected and reported together, each saying what to change.
+Every problem is collected and reported together, each saying what to change. The files
+a run reads late (teacher weights, the probe set, init_from) are checked here too.
 """
 
 from __future__ import annotations
 
+import os
 import textwrap
+
+from safetensors import safe_open
 
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
@@ -71,6 +75,51 @@ def _check_mesh_and_batch(config, num_devices: int) -> list[str]:
     return []
 
 
+def _check_fault_injection(config) -> list[str]:
+    positions = config.train.inject_nan_batches
+    if all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in positions):
+        return []
+    return [f"train.inject_nan_batches must be data stream positions (integers >= 0) like "
+            f"(7,) or 7,12, got {tuple(positions)!r}"]
+
+
+def _check_weights_file(key: str, path: str) -> list[str]:
+    """A teacher's weights: an existing, readable safetensors file (header and size)."""
+    if not path:
+        return []
+    if not os.path.isfile(path):
+        return [f"{key}={path!r}: no such file"]
+    try:
+        with safe_open(path, framework="numpy") as f:
+            f.keys()
+    except Exception as error:  # safetensors raises its own error types
+        return [f"{key}={path!r}: not a readable safetensors file ({error})"]
+    return []
+
+
+def _check_probe_path(path: str) -> list[str]:
+    if not path:
+        return []
+    missing = [n for n in ("train.csv", "val.csv") if not os.path.isfile(os.path.join(path, n))]
+    if missing:
+        return [f"train.probe_path={path!r}: expected a folder with train.csv and val.csv (as "
+                f"written by `twlv data synth`); missing {', '.join(missing)}"]
+    return []
+
+
+def check_files(config) -> None:
+    """The files a run opens late (after data start-up, state init or compilation) are
+    there and readable now. Raises ConfigError listing every problem."""
+    problems = _check_weights_file("teacher.weights", config.teacher.weights)
+    problems += _check_weights_file("objective.video_teacher.weights",
+                                    config.objective.video_teacher.weights)
+    problems += _check_probe_path(config.train.probe_path)
+    if config.init_from and not os.path.exists(config.init_from):
+        problems.append(f"init_from={config.init_from!r}: no such workdir or checkpoints folder")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
 def validate(config, num_devices: int) -> None:
     """Raises ConfigError listing every problem; returns None when the config can run."""
     problems = []
@@ -90,6 +139,7 @@ def validate(config, num_devices: int) -> None:
             problems.append(f"{key}: {e}")
     if not 0 <= config.train.unsharded_limit <= 1:
         problems.append(f"train.unsharded_limit must be in [0, 1], got {config.train.unsharded_limit}")
+    problems += _check_fault_injection(config)
     if problems:      # the checks below assume the basic types and choices are right
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     problems += _check_model(config) + _check_optim(config)
@@ -99,23 +149,41 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
-def teacher_warning(config) -> str | None:
-    """Refuses a randomly initialised image teacher unless it is a tiny run or allowed on
-    purpose; returns the loud warning to print when it is used anyway."""
+def _random_teachers(config) -> list[tuple[str, str, str]]:
+    """(name, variant, weights key) of every frozen teacher the objective uses without weights."""
     objective = presets.resolve(config.objective)
-    if not objective.uses_image_teacher or config.teacher.weights:
+    video = config.objective.video_teacher
+    teachers = [("image teacher", objective.uses_image_teacher, config.teacher.variant,
+                 config.teacher.weights, "teacher.weights"),
+                ("video teacher", "video_teacher" in objective.weights, video.variant,
+                 video.weights, "objective.video_teacher.weights")]
+    return [(name, variant, key) for name, used, variant, weights, key in teachers
+            if used and not weights]
+
+
+def teacher_warning(config) -> str | None:
+    """Refuses a randomly initialised frozen teacher (image or video) unless it is tiny or
+    allowed on purpose (teacher.allow_random); returns the loud warning to print when one
+    is used anyway."""
+    random = _random_teachers(config)
+    for name, variant, key in random:
+        if variant != "tiny" and not config.teacher.allow_random:
+            raise ConfigError(
+                f"the objective uses the {name} ({variant}) but {key} is empty, so it would "
+                "be randomly initialised and the targets meaningless. Give "
+                f"--config.{key}=PATH (a local file), or set "
+                "--config.teacher.allow_random=true for a smoke test.")
+    if not random:
         return None
-    if config.teacher.variant != "tiny" and not config.teacher.allow_random:
-        raise ConfigError(
-            f"the objective uses the image teacher ({config.teacher.variant}) but "
-            "teacher.weights is empty, so it would be randomly initialised and the targets "
-            "meaningless. Give --config.teacher.weights=PATH (a local file), or set "
-            "--config.teacher.allow_random=true for a smoke test.")
     width = 78
-    lines = ["THE IMAGE TEACHER IS RANDOMLY INITIALISED", *textwrap.wrap(
-        f"teacher.variant={config.teacher.variant} with no teacher.weights: distillation "
-        "targets and attention masks come from random features. Fine for smoke tests; "
-        "useless for real pretraining.", width - 6)]
+    lines = []
+    for name, variant, key in random:
+        variant_key = "teacher.variant" if key == "teacher.weights" else "objective.video_teacher.variant"
+        lines += [f"THE {name.upper()} IS RANDOMLY INITIALISED", *textwrap.wrap(
+            f"{variant_key}={variant} with no {key}: its targets"
+            + (" and attention masks" if name == "image teacher" else "")
+            + " come from random features. Fine for smoke tests; useless for real "
+            "pretraining.", width - 6)]
     return "\n".join(["!" * width, *(f"!! {line:<{width - 6}} !!" for line in lines), "!" * width])
 
 
