@@ -5,19 +5,91 @@
                               meta/    resolved config, library versions, data position
 
 Saves are asynchronous; a save interrupted mid-write leaves a temporary directory
-that Orbax ignores, so the previous checkpoint is used. Restores take target shardings,
-so a checkpoint restores onto any mesh or device count.
+that Orbax ignores, so the previous checkpoint is used. Each save first checks that the
+folder takes a file, so a folder that turned read-only stops the run at once instead of
+Orbax waiting minutes. Restores take target shardings, so a checkpoint restores onto any
+mesh or device count.
+
+A checkpoint that cannot be read back (a truncated or missing array file, damaged
+metadata, an empty step folder) is renamed `<step>.corrupt` so it is never retried, and
+the run falls back to the newest intact one (`restore_latest`). `verify` reads every
+array of a step and names what is damaged (`twlv inspect --verify`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
+import json
+import logging
 import os
+import sys
+import tempfile
+from collections.abc import Callable
 
 import grain
+import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
 from twlv_jax.models import weights as weightlib
+from twlv_jax.objectives import presets
+
+log = logging.getLogger(__name__)
+
+# What shapes the train state: a change to any of these between a checkpoint and the
+# resumed run is an error (the arrays would not fit). Patterns over the resolved config's
+# dotted keys; `objective.targets`, `optim.clipping` and `optim.layer_scaling` are derived
+# (the enabled targets, clip_norm > 0, layer_decay < 1). Every other change is allowed,
+# listed as a warning and kept in WORKDIR/config_history.jsonl.
+STATE_KEYS = (
+    "model.*",                              # but not COMPUTE_ONLY below
+    "objective.targets",
+    "objective.distill.layers",
+    "objective.pixel.decoder_width", "objective.pixel.decoder_depth",
+    "objective.latent.predictor_width", "objective.latent.predictor_depth",
+    "objective.video_teacher.layers", "objective.video_teacher.variant",
+    "teacher.variant",
+    "optim.clipping", "optim.layer_scaling",
+)
+COMPUTE_ONLY = ("model.dtype", "model.remat", "model.attention", "model.drop_path")
+
+
+def _flat_config(config: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _derived(config: dict) -> dict[str, object]:
+    """The derived STATE_KEYS of a resolved config (a dict, as saved in a checkpoint)."""
+    objective = presets.resolve(ml_collections.ConfigDict(config["objective"]))
+    return {"objective.targets": sorted(objective.weights),
+            "optim.clipping": config["optim"]["clip_norm"] > 0,
+            "optim.layer_scaling": config["optim"]["layer_decay"] < 1}
+
+
+def shapes_state(key: str) -> bool:
+    """Whether a config key is one of STATE_KEYS."""
+    return key not in COMPUTE_ONLY and any(fnmatch.fnmatchcase(key, p) for p in STATE_KEYS)
+
+
+def config_changes(saved: dict, current: dict) -> tuple[dict, dict]:
+    """({key: (saved, current)} of changes that shape the state, {...} of the others)."""
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current, default=str))
+    old = {**_flat_config(saved), **_derived(saved)}
+    new = {**_flat_config(current), **_derived(current)}
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)}
+    structural = {k: v for k, v in changed.items() if shapes_state(k)}
+    return structural, {k: v for k, v in changed.items() if k not in structural}
+
 
 VERSIONED = ("twlv-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy")
 
@@ -30,6 +102,71 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             result[name] = "not installed"
     return result
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written; the message names the folder and the OS error."""
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A step on disk cannot be read back; the message says which step and why."""
+
+
+def flat_arrays(tree) -> dict[str, object]:
+    """Dotted path -> array (or array metadata), through dicts, lists and optimizer tuples."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): leaf
+            for path, leaf in leaves if hasattr(leaf, "shape")}
+
+
+def structure_mismatch(saved: dict, expected: dict) -> list[str]:
+    """How the arrays of a saved state (metadata) differ from the run's abstract state."""
+    saved, expected = flat_arrays(saved), flat_arrays(expected)
+    problems = [f"{k}: in the checkpoint, not in this run's state"
+                for k in sorted(set(saved) - set(expected))]
+    problems += [f"{k}: in this run's state, not in the checkpoint"
+                 for k in sorted(set(expected) - set(saved))]
+    problems += [f"{k}: shape {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} in this run"
+                 for k, v in sorted(expected.items())
+                 if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    return problems
+
+
+def _reason(error: BaseException) -> str:
+    """One line for why reading failed: the innermost cause, whose message names the array
+    and file (TensorStore's outer messages run to pages and name neither)."""
+    while error.__cause__ is not None or (error.__context__ is not None
+                                          and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().split(". See full TensorStore details")[0]
+    return f"{type(error).__name__}: {(text.splitlines() or [''])[0][:300]}"
+
+
+def check_writable(directory: str) -> None:
+    """Raises CheckpointError unless `directory` exists (or can be made) and takes a file.
+
+    Orbax would instead wait minutes for a step folder it cannot create."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise CheckpointError(f"cannot write checkpoints to {directory}: "
+                              f"{error.strerror or error} ({error.filename})") from None
+
+
+def _drop_closed_loop_errors(previous):
+    """An unraisable-exception hook that drops Orbax's 'Event loop is closed' errors.
+
+    A failed restore leaves TensorStore callbacks that fire after Orbax's event loop has
+    closed; each would print a traceback (dozens per damaged checkpoint)."""
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_errors = True
+    return hook
 
 
 def _handlers(with_data: bool):
@@ -51,6 +188,8 @@ class Checkpoints:
     def __init__(self, directory: str, *, keep: int | None = None, read_only: bool = False,
                  with_data: bool = True):
         self.directory = directory = os.path.abspath(directory)   # Orbax needs absolute paths
+        if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
+            sys.unraisablehook = _drop_closed_loop_errors(sys.unraisablehook)
         handlers = _handlers(with_data)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                                read_only=read_only, enable_async_checkpointing=True)
@@ -65,6 +204,7 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, data_iterator, meta: dict) -> None:
         """Starts an asynchronous save of everything needed to resume at `step`."""
+        check_writable(self.directory)
         self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -79,12 +219,117 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
+    def restore_latest(self, abstract_state: dict, data_iterator,
+                       check: Callable[[int, dict], None] = lambda step, meta: None,
+                       ) -> tuple[int, dict, dict] | None:
+        """(step, state, meta) of the newest checkpoint that reads back whole, or None.
+
+        `check(step, meta)` runs on each candidate's metadata before its arrays are read
+        (it raises to refuse the checkpoint, e.g. after a config change). Steps that cannot
+        be read are logged, renamed `<step>.corrupt` and skipped.
+        """
+        for step in reversed(self.all_steps()):
+            try:
+                meta = self.checked(step, lambda s=step: self.meta(s))
+                check(step, meta)
+                problems = structure_mismatch(self.checked(step, lambda s=step: self.state_metadata(s)),
+                                              abstract_state)
+                if problems:
+                    raise ValueError(f"checkpoint {self.directory}/{step} holds another state "
+                                     f"structure than this run builds: {'; '.join(problems[:6])}"
+                                     + (f"; and {len(problems) - 6} more" if len(problems) > 6 else ""))
+                state, _ = self.checked(step, lambda s=step: self.restore(s, abstract_state,
+                                                                        data_iterator))
+                return step, state, meta
+            except CorruptCheckpoint as error:
+                log.error("%s; falling back to an older checkpoint. It was moved to %s",
+                          error, self.set_aside(step))
+        return None
+
+    def checked(self, step: int, read: Callable[[], object]):
+        """`read()`, with any failure turned into CorruptCheckpoint naming the step."""
+        try:
+            return read()
+        except Exception as error:  # Orbax and TensorStore raise many types
+            raise CorruptCheckpoint(f"checkpoint {self.directory}/{step} is corrupt "
+                                    f"({_reason(error)})") from error
+
+    def set_aside(self, step: int) -> str:
+        """Renames a step's folder to `<step>.corrupt` (Orbax ignores it); returns the new path."""
+        source = os.path.join(self.directory, str(step))
+        target, n = f"{source}.corrupt", 1
+        while os.path.exists(target):
+            n += 1
+            target = f"{source}.corrupt{n}"
+        if jax.process_index() == 0:
+            os.rename(source, target)
+        self.manager.reload()
+        return target
+
+    def corrupt(self) -> list[str]:
+        """Step folders set aside as corrupt."""
+        return sorted(n for n in os.listdir(self.directory) if ".corrupt" in n) \
+            if os.path.isdir(self.directory) else []
+
+    def verify(self, step: int) -> list[str]:
+        """Reads every array, the metadata and the data states of `step`; what is damaged."""
+        problems = []
+        for name, read in (("meta", lambda: self.meta(step)),
+                           ("data", lambda: self._data_states(step))):
+            try:
+                read()
+            except Exception as error:  # Orbax raises many types
+                problems.append(f"{name}: {_reason(error)}")
+        try:
+            metadata = self.state_metadata(step)
+        except Exception as error:  # Orbax raises many types
+            return [*problems, f"state: array metadata unreadable ({_reason(error)})"]
+        try:
+            self._read_arrays(step, metadata)
+            return problems
+        except Exception as error:  # Orbax and TensorStore raise many types
+            failure = _reason(error)
+        named = self._damaged(step, list(flat_arrays(metadata)))   # outside the except: own causes
+        return problems + ([f"state.{name}: {why}" for name, why in named] or [f"state: {failure}"])
+
+    def _damaged(self, step: int, names: list[str]) -> list[tuple[str, str]]:
+        """(array, why) for each saved array that TensorStore cannot read, each read on its
+        own from Orbax's layout (a zarr array per dotted name in one OCDBT store)."""
+        base = f"file://{os.path.join(self.directory, str(step), 'state')}/"
+        context, damaged = ts.Context(), []
+        for name in names:
+            spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": name + "/"}}
+            try:
+                ts.open(spec, open=True, context=context).result().read().result()
+            except Exception as error:  # TensorStore raises ValueError and others
+                damaged.append((name, _reason(error)))
+        return damaged
+
+    def _data_states(self, step: int) -> None:
+        folder = os.path.join(self.directory, str(step), "data")
+        files = [f for f in os.listdir(folder) if f.endswith(".json")]
+        if not files:
+            raise FileNotFoundError(f"no iterator state in {folder}")
+        for name in files:
+            with open(os.path.join(folder, name)) as f:
+                json.load(f)
+
+    def _read_arrays(self, step: int, metadata) -> None:
+        """Reads every saved array into host memory (and drops them), as a restore would."""
+        tree = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), metadata,
+                            is_leaf=lambda x: hasattr(x, "shape"))
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(tree, restore_args=args)))
+
     def meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def state_metadata(self, step: int):
         """The saved state's tree of array metadata (shape, dtype); needs no devices."""
         metadata = self.manager.item_metadata(step)["state"]
+        if metadata is None:
+            raise FileNotFoundError(f"no state in {self.directory}/{step}")
         return getattr(metadata, "tree", metadata)
 
     def wait(self) -> None:

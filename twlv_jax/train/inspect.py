@@ -1,5 +1,6 @@
 """`twlv inspect CKPT_DIR`: what a checkpoint holds, read from its metadata alone (no
-accelerators, any device count): step, config, library versions, and the array tree."""
+accelerators, any device count): step, config, library versions, and the array tree.
+`--verify` also reads every array and the data states, and names what is damaged."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import logging
 import math
 import sys
 
-import jax
 import numpy as np
 
-from twlv_jax.train.checkpoint import Checkpoints, resolve_dir
+from twlv_jax.train.checkpoint import Checkpoints, CorruptCheckpoint, flat_arrays, resolve_dir
 
 
 def _size(nbytes: float) -> str:
@@ -23,15 +23,7 @@ def _size(nbytes: float) -> str:
     return ""
 
 
-def _flatten(tree) -> dict[str, object]:
-    """Dotted path -> array metadata, through dicts, lists and optimizer-state tuples."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): leaf
-            for path, leaf in leaves}
-
-
-def describe(path: str, step: int | None = None, *, show_config: bool = False) -> str:
-    """The text `twlv inspect` prints."""
+def _open(path: str, step: int | None) -> tuple[Checkpoints, int]:
     directory = resolve_dir(path)
     checkpoints = Checkpoints(directory, read_only=True, with_data=False)
     steps = checkpoints.all_steps()
@@ -40,8 +32,32 @@ def describe(path: str, step: int | None = None, *, show_config: bool = False) -
     step = steps[-1] if step is None else step
     if step not in steps:
         raise FileNotFoundError(f"{directory} has no step {step}; steps: {steps}")
-    meta = checkpoints.meta(step)
-    flat = _flatten(checkpoints.state_metadata(step))
+    return checkpoints, step
+
+
+def verify(path: str, step: int | None = None) -> tuple[str, bool]:
+    """(report, healthy): every array, the metadata and the data states of a step, read."""
+    checkpoints, step = _open(path, step)
+    problems = checkpoints.verify(step)
+    where = f"{checkpoints.directory}/{step}"
+    set_aside = checkpoints.corrupt()
+    checkpoints.close()
+    lines = [f"verify {where}: " + (f"DAMAGED, {len(problems)} problem(s)" if problems else
+                                    "every array, the metadata and the data states read back")]
+    lines += [f"  {p}" for p in problems[:20]]
+    if len(problems) > 20:
+        lines.append(f"  ... and {len(problems) - 20} more")
+    if set_aside:
+        lines.append(f"set aside as corrupt earlier: {', '.join(set_aside)}")
+    return "\n".join(lines), not problems
+
+
+def describe(path: str, step: int | None = None, *, show_config: bool = False) -> str:
+    """The text `twlv inspect` prints."""
+    checkpoints, step = _open(path, step)
+    directory, steps = checkpoints.directory, checkpoints.all_steps()
+    meta = checkpoints.checked(step, lambda: checkpoints.meta(step))
+    flat = flat_arrays(checkpoints.checked(step, lambda: checkpoints.state_metadata(step)))
     config = meta["config"]
     lines = [f"checkpoint  {directory}/{step}  (steps on disk: {', '.join(map(str, steps))})",
              f"step        {meta['step']}   data batches consumed: {meta['batches']}"
@@ -76,11 +92,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("path", help="a workdir, its checkpoints/ folder, or a checkpoints folder")
     parser.add_argument("--step", type=int, help="default: the latest")
     parser.add_argument("--config", action="store_true", help="also print the full resolved config")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every array and the data states; exit 1 when damaged")
     args = parser.parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)      # Orbax's notes on read-only use
     try:
+        if args.verify:
+            report, healthy = verify(args.path, args.step)
+            print(report)
+            return 0 if healthy else 1
         print(describe(args.path, args.step, show_config=args.config))
-    except FileNotFoundError as error:
-        print(f"twlv inspect: {error}", file=sys.stderr)
+    except (FileNotFoundError, CorruptCheckpoint) as error:
+        print(f"twlv inspect: {error}" + ("; `twlv inspect --verify` names what is damaged"
+                                          if isinstance(error, CorruptCheckpoint) else ""),
+              file=sys.stderr)
         return 2
     return 0
