@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 SPLIT_NAMES = ("train", "val", "validation", "test")
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -169,7 +173,22 @@ def read_manifest(path: str) -> Manifest:
             raise ManifestError(f"{where}: end ({ends[-1]}) must be after start ({starts[-1]})")
     if not paths:
         raise ManifestError(f"manifest {path} has no rows; expected a header and one row per file")
+    warn_duplicates(path, paths, starts, ends)
     return _manifest(path, paths, labels or {}, starts, ends)
+
+
+def warn_duplicates(name: str, paths: Sequence[str], starts: Sequence[float],
+                    ends: Sequence[float]) -> int:
+    """Logs a warning when rows repeat a file with the same times; returns the extra rows."""
+    rows = Counter((os.path.normpath(p), repr(s), repr(e)) for p, s, e in zip(paths, starts, ends))
+    repeated = {row: n for row, n in rows.items() if n > 1}
+    extra = sum(repeated.values()) - len(repeated)
+    if extra:
+        worst = sorted(repeated.items(), key=lambda item: -item[1])[:3]
+        log.warning("manifest %s lists %d file(s) more than once (%d extra rows, sampled that "
+                    "much more often): %s", name, len(repeated), extra,
+                    ", ".join(f"{row[0]} x{n}" for row, n in worst))
+    return extra
 
 
 def _manifest(name: str, paths: Sequence[str], labels: dict[str, list[int]],

@@ -6,12 +6,17 @@
 
 The iterator's state is the number of records consumed plus the bad-file record, so it
 is small JSON, restores the identical next batches, and does not depend on the number
-of worker processes.
+of worker processes. Two passes over the process's files without one readable clip
+stop with TooManyBadFiles, whatever data.max_bad_fraction allows. Worker processes
+exit when their parent dies (even by kill -9), so none is left behind.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +25,7 @@ import jax
 import numpy as np
 
 from twlv_jax.data import clips, sampling, sources
-from twlv_jax.data.quarantine import Quarantine
+from twlv_jax.data.quarantine import Quarantine, TooManyBadFiles
 from twlv_jax.data.sources import DataError
 from twlv_jax.data.transforms import flip_horizontal
 from twlv_jax.data.video import BadVideo
@@ -63,6 +68,23 @@ class DecodeTrainClip(grain.transforms.RandomMap):
         return {"video": video, **labels}
 
 
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker start-up: a daemon thread ends this worker once its parent has gone.
+
+    Without it a trainer killed with SIGKILL leaves its workers (each holding a decoded
+    prefetch buffer) and the multiprocessing resource tracker running, parented to init.
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="twlv-exit-with-parent", daemon=True).start()
+
+
 class SkipBadFiles(grain.IterDataset):
     """The elements of `decoded` (an infinite MapDataset) in order, minus bad files, which
     go to `quarantine`. Decoding runs in `workers` processes (0: in this one)."""
@@ -97,17 +119,24 @@ class SkipBadFilesIterator(grain.DatasetIterator):
                 self._dataset.read_options)
             if self._dataset.workers:
                 rest = rest.mp_prefetch(grain.MultiprocessingOptions(
-                    num_workers=self._dataset.workers, per_worker_buffer_size=2))
+                    num_workers=self._dataset.workers, per_worker_buffer_size=2),
+                    worker_init_fn=exit_with_parent)
             self._elements = iter(rest)
         return self._elements
 
     def __next__(self) -> dict:
-        while True:
+        quarantine = self._dataset.quarantine
+        # Two passes: a run of bad records can span the end of one epoch and the start of
+        # the next (each shuffled), but not two whole epochs unless every record is bad.
+        for _ in range(2 * max(quarantine.total, 1)):
             element = next(self._stream())
             self._consumed += 1
             if "bad" not in element:
                 return element
-            self._dataset.quarantine.add(*element["bad"])
+            quarantine.add(*element["bad"])
+        raise TooManyBadFiles(f"stopping: no readable clip in {2 * quarantine.total} records "
+                              f"in a row (two passes over this process's files); "
+                              f"{quarantine.summary()}")
 
     def get_state(self) -> dict[str, Any]:
         return {"consumed": self._consumed, "quarantine": self._dataset.quarantine.get_state()}
@@ -121,6 +150,18 @@ class SkipBadFilesIterator(grain.DatasetIterator):
         if self._elements is not None:
             self._elements.close()
             self._elements = None
+
+
+def kill_workers() -> int:
+    """Kills this process's Grain worker processes; returns how many. Closing an iterator
+    waits for its workers, so one stuck in a read would hold up the close forever."""
+    workers = [p for p in multiprocessing.active_children()
+               if p.name.startswith("grain-process-prefetch")]
+    for process in workers:
+        process.kill()
+    for process in workers:
+        process.join(timeout=5)
+    return len(workers)
 
 
 def _option(data_cfg, key: str):

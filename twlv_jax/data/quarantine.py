@@ -20,7 +20,8 @@ class Quarantine:
     """Skipped files of one process: counts per reason, a log line and a CSV row per file.
 
     `total` is the number of files this process reads (its slice of the source); once more
-    than `max_fraction` of them are bad, `add` raises TooManyBadFiles.
+    than `max_fraction` of them are bad, or all of them (even when max_fraction is 1),
+    `add` raises TooManyBadFiles.
     """
 
     def __init__(self, path: str | None, *, total: int, max_fraction: float):
@@ -50,7 +51,7 @@ class Quarantine:
         self.files[name] = reason
         log.warning("skipping a bad file (%s): %s", reason, detail)
         self._append(name, reason, detail)
-        if len(self.files) > self.max_fraction * self.total:
+        if len(self.files) > self.max_fraction * self.total or len(self.files) >= self.total:
             raise TooManyBadFiles(self.summary(stopped=True))
 
     def _append(self, name: str, reason: str, detail: str) -> None:
@@ -68,7 +69,10 @@ class Quarantine:
         text = (f"{len(self.files)} of {self.total} files unreadable "
                 f"({len(self.files) / max(self.total, 1):.1%}; by reason: {counts}); "
                 f"list: {self.path or 'not written (no quarantine path)'}")
-        if stopped:
+        if stopped and len(self.files) >= self.total:
+            text = (f"stopping: {text}: every file is unreadable. Check data.path and the "
+                    "files (`twlv data prepare` validates a collection)")
+        elif stopped:
             text = (f"stopping: {text}, more than data.max_bad_fraction={self.max_fraction}. "
                     "Fix or remove these files (`twlv data prepare` validates a collection), "
                     "or raise data.max_bad_fraction")
