@@ -3,16 +3,22 @@
     config -> validate -> mesh -> data -> abstract state + shardings -> restore or init
            -> compile -> steps (metrics, checkpoints, probe) -> final checkpoint -> summary
 
-Resume order: this workdir's latest checkpoint (reusing a workdir resumes), then
-`init_from` (params only), then a fresh init. SIGTERM/SIGINT at any phase saves the
-current step and exits cleanly. A non-finite loss stops the run or rolls back to the
-last good checkpoint and skips the batch (`train.nan_policy`).
+Resume order: this workdir's newest intact checkpoint (reusing a workdir resumes; a
+corrupt one is set aside), then `init_from` (params only), then a fresh init. A fresh
+start over another run's records (metrics.jsonl without a checkpoint) needs
+--start_over. Resuming with a config change that shapes the state is an error; other
+changes are warned about and kept in config_history.jsonl. SIGTERM/SIGINT at any phase
+(also while waiting for data) saves the current step and exits cleanly. A non-finite
+loss stops the run or rolls back to the last good checkpoint and skips the batch
+(`train.nan_policy`). docs/reliability.md lists each fault and what the run does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -33,15 +39,19 @@ from twlv_jax.train import distributed, flops
 from twlv_jax.train import state as statelib
 from twlv_jax.train import step as steplib
 from twlv_jax.train.metrics import MetricsWriter, Throughput
-from twlv_jax.train.preemption import StopRequest
+from twlv_jax.train.preemption import Interrupted, StopRequest
 from twlv_jax.train.probe import KnnProbe
-from twlv_jax.train.validate import teacher_warning, total_steps, validate
+from twlv_jax.train.validate import check_files, teacher_warning, total_steps, validate
 
 log = logging.getLogger("twlv.train")
 
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient norm became NaN or infinite and the policy says stop."""
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot take this run: not writable, or another run's records are there."""
 
 
 @dataclasses.dataclass
@@ -63,6 +73,8 @@ class Run:
     skipped: list[int] = dataclasses.field(default_factory=list)   # stream positions to skip
     rollbacks: int = 0
     probe_scores: tuple[int, dict] | None = None   # (step, scores) of the last probe
+    start_over: bool = False             # a fresh start over earlier records is allowed
+    config_changes: dict = dataclasses.field(default_factory=dict)  # key -> (saved, now)
 
     @property
     def is_chief(self) -> bool:
@@ -72,11 +84,57 @@ class Run:
 # ---------------------------------------------------------------------------
 # Phases.
 
-def check_config(config) -> None:
+def check_config(config, workdir: str) -> None:
+    """Every check that needs nothing built: the config, the files it names, the workdir."""
     validate(config, jax.device_count())
+    check_files(config)
     warning = teacher_warning(config)
     if warning:
         log.warning("\n%s", warning)
+    check_workdir(workdir)
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir and its checkpoints folder exist (or can be made) and take files."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir} is a file, not a folder")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise WorkdirError(f"cannot create the workdir {workdir}: {error.strerror} "
+                           f"({error.filename})") from None
+    for folder in (workdir, os.path.join(workdir, "checkpoints")):
+        try:
+            ckptlib.check_writable(folder)
+        except ckptlib.CheckpointError as error:
+            raise WorkdirError(str(error).replace("cannot write checkpoints to",
+                                                  "cannot write to")) from None
+
+
+def records_path(workdir: str) -> str | None:
+    """WORKDIR/metrics.jsonl when it holds records of an earlier run."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path) as f:
+            if any(line.strip() for line in f):
+                return path
+    return None
+
+
+def refuse_fresh_start(run: Run, why: str) -> None:
+    """A fresh start would overwrite earlier records: an error, or with start_over, the
+    records are moved aside (metrics.jsonl -> metrics.jsonl.before-<time>)."""
+    path = records_path(run.workdir)
+    if path is None:
+        return
+    if not run.start_over:
+        raise WorkdirError(
+            f"{run.workdir} holds an earlier run's records ({path}) but {why}; refusing to "
+            "start fresh over them. Use a new workdir, or pass --start_over to start a new run "
+            "here (the old metrics are kept beside it)")
+    kept = f"{path}.before-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.rename(path, kept)
+    log.warning("--start_over: %s; starting fresh, earlier metrics kept as %s", why, kept)
 
 
 def start_data(run: Run) -> None:
@@ -101,15 +159,34 @@ def build_state(run: Run, mesh) -> None:
              run.config.train.batch_size)
 
 
+def check_resume(run: Run, step: int, meta: dict) -> None:
+    """Refuses a checkpoint whose config differs in what shapes the state (one error
+    listing every such key); notes the other changes for the warning and the history."""
+    structural, other = ckptlib.config_changes(meta["config"], run.config.to_dict())
+    if structural:
+        raise cfglib.ConfigError(
+            f"cannot resume from {run.checkpoints.directory}/{step}: the config changed in what "
+            "shapes the train state (checkpoint.STATE_KEYS):\n  - "
+            + "\n  - ".join(f"{k}: {old!r} in the checkpoint, {new!r} now"
+                            for k, (old, new) in structural.items())
+            + "\nUse the checkpoint's values, or a new workdir (init_from=<this workdir> "
+              "starts a new run from its weights).")
+    run.config_changes = other
+
+
 def restore_or_init(run: Run) -> str:
-    """Latest checkpoint of this workdir, else init_from (params only), else fresh."""
+    """Newest intact checkpoint of this workdir, else init_from (params only), else fresh."""
     setup, c = run.setup, run.config
-    latest = run.checkpoints.latest_step()
-    if latest is not None:
-        run.state, meta = run.checkpoints.restore(latest, setup.abstract_state, run.data)
+    had_checkpoints = bool(run.checkpoints.all_steps())
+    found = run.checkpoints.restore_latest(setup.abstract_state, run.data,
+                                           check=lambda step, meta: check_resume(run, step, meta))
+    if found is not None:
+        run.step, run.state, meta = found
         run.batches, run.skipped = meta["batches"], list(meta.get("skipped_batches", []))
-        run.step = latest
-        return f"resumed from {run.checkpoints.directory} step {latest}"
+        return f"resumed from {run.checkpoints.directory} step {run.step}"
+    if had_checkpoints:
+        refuse_fresh_start(run, "every checkpoint is corrupt (set aside: "
+                           f"{', '.join(run.checkpoints.corrupt())})")
     run.data.set_state(run.initial_data_state)
     run.batches = run.step = 0
     run.state = statelib.init_state(setup)
@@ -151,11 +228,29 @@ def save(run: Run) -> None:
 # ---------------------------------------------------------------------------
 # Steps.
 
-def next_batch(run: Run, timer: Throughput) -> tuple[dict, int]:
-    """The next batch of the stream (skipping positions a rollback marked), and its position."""
+def wait_for_batch(run: Run) -> dict | None:
+    """The data stream's next batch; None when a stop signal came while waiting for it
+    (the stream is then put back where it was, so a checkpoint resumes right)."""
+    if jax.process_count() > 1:            # processes agree on stops between steps only
+        return next(run.data)
+    before = run.data.get_state()
+    try:
+        with run.stop.interruptible():
+            return next(run.data)
+    except Interrupted:
+        pipeline.kill_workers()            # the wait may be on a stuck worker
+        run.data.set_state(before)
+        return None
+
+
+def next_batch(run: Run, timer: Throughput) -> tuple[dict, int] | None:
+    """The next batch of the stream (skipping positions a rollback marked) and its
+    position; None when a stop signal came while waiting for data."""
     while True:
         start = time.perf_counter()
-        batch = next(run.data)
+        batch = wait_for_batch(run)
+        if batch is None:
+            return None
         timer.waited(start, time.perf_counter())
         position, run.batches = run.batches, run.batches + 1
         if position not in run.skipped:
@@ -230,7 +325,10 @@ def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, per
         while run.step < total:
             if run.step % check_every == 0 and (signal := preempted(run)):
                 return signal
-            batch, position = next_batch(run, timer)
+            fetched = next_batch(run, timer)
+            if fetched is None:
+                return preempted(run)
+            batch, position = fetched
             video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
             poison = np.float32(np.nan if position in c.inject_nan_batches else 0.0)
             run.state, metrics = compiled(run.state, run.teachers, video, poison)
@@ -261,13 +359,15 @@ def run_probe(run: Run, probe: KnnProbe, writer: MetricsWriter) -> None:
 # ---------------------------------------------------------------------------
 # The run.
 
-def run(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir`; returns a summary of what was done and written."""
+def run(config, workdir: str, *, start_over: bool = False) -> dict:
+    """Trains (or resumes) in `workdir`; returns a summary of what was done and written.
+
+    `start_over` allows a fresh start in a workdir that holds an earlier run's records
+    but no intact checkpoint (they are moved aside)."""
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     stop = StopRequest().install()
     try:
-        return _run(Run(config, workdir, stop))
+        return _run(Run(config, workdir, stop, start_over=start_over))
     finally:
         stop.uninstall()
 
@@ -290,20 +390,68 @@ def performance(run: Run) -> dict:
     return perf
 
 
+def record_config(run: Run) -> None:
+    """Writes config.json (the config now) and appends it to config_history.jsonl with
+    the changes since the checkpoint, so no earlier config is lost."""
+    path = os.path.join(run.workdir, "config.json")
+    history = os.path.join(run.workdir, "config_history.jsonl")
+    entries = []
+    if os.path.isfile(path) and not os.path.isfile(history):   # a workdir from before history
+        with open(path) as f:
+            entries.append({"start_step": None, "config": json.load(f)})
+    entries.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_step": run.step,
+                    "changes": {k: list(v) for k, v in run.config_changes.items()},
+                    "config": run.config.to_dict()})
+    with open(history, "a") as f:
+        f.writelines(json.dumps(e, default=str) + "\n" for e in entries)
+    cfglib.save(run.config, path)
+
+
+def summarize(run: Run, outcome: str, start_step: int, last: dict, baseline: dict) -> dict:
+    """The summary `run` returns."""
+    quarantine = run.data_info.quarantine
+    return {"outcome": outcome, "start_step": start_step, "step": run.step,
+            "total_steps": run.setup.total_steps, "last_metrics": last,
+            "probe": run.probe_scores[1] if run.probe_scores else {}, "probe_baseline": baseline,
+            "checkpoint": os.path.join(run.checkpoints.directory, str(run.step)),
+            "bad_files": quarantine.summary() if quarantine.files else ""}
+
+
 def _run(run: Run) -> dict:
+    check_config(run.config, run.workdir)
+    run.checkpoints = ckptlib.Checkpoints(os.path.join(run.workdir, "checkpoints"),
+                                          keep=run.config.train.keep)
+    try:
+        steps = run.checkpoints.all_steps()
+        if not steps:
+            refuse_fresh_start(run, "it has no checkpoint to resume from")
+        else:                    # a config that cannot resume fails before anything is built
+            with contextlib.suppress(ckptlib.CorruptCheckpoint):   # restore sets it aside
+                meta = run.checkpoints.checked(steps[-1], lambda: run.checkpoints.meta(steps[-1]))
+                check_resume(run, steps[-1], meta)
+        return _start_and_train(run)
+    finally:
+        run.checkpoints.close()
+
+
+def _start_and_train(run: Run) -> dict:
     c = run.config
-    check_config(c)
     mesh = make_mesh(c.mesh.shape)
     log.info("mesh: %s over %d devices (%s), %d process(es); rules %s", dict(mesh.shape),
              jax.device_count(), jax.devices()[0].device_kind, jax.process_count(), c.mesh.rules)
     start_data(run)
     build_state(run, mesh)
-    run.checkpoints = ckptlib.Checkpoints(os.path.join(run.workdir, "checkpoints"), keep=c.train.keep)
     log.info("state: %s", restore_or_init(run))
+    if run.config_changes:
+        log.warning("resuming with a changed config (both kept in config_history.jsonl): %s",
+                    "; ".join(f"{k}: {old!r} -> {new!r}"
+                              for k, (old, new) in run.config_changes.items()))
+    if run.step >= run.setup.total_steps:
+        return summarize(run, "nothing to do", run.step, {}, {})
     files = {"image_teacher": c.teacher.weights, "video_teacher": c.objective.video_teacher.weights}
     run.teachers = statelib.init_teachers(run.setup, files)
     if run.is_chief:
-        cfglib.save(c, os.path.join(run.workdir, "config.json"))
+        record_config(run)
     start_step, baseline = run.step, {}
     writer = MetricsWriter(run.workdir, enabled=run.is_chief, start_step=start_step,
                            total_steps=run.setup.total_steps)
@@ -323,16 +471,15 @@ def _run(run: Run) -> dict:
         run.checkpoints.wait()
     finally:
         writer.close()
-        run.checkpoints.close()
-    return {"outcome": outcome, "start_step": start_step, "step": run.step,
-            "total_steps": run.setup.total_steps, "last_metrics": writer.last,
-            "probe": run.probe_scores[1] if run.probe_scores else {}, "probe_baseline": baseline,
-            "checkpoint": os.path.join(run.checkpoints.directory, str(run.step)),
-            "bad_files": run.data_info.quarantine.summary() if run.data_info.quarantine.files else ""}
+    return summarize(run, outcome, start_step, writer.last, baseline)
 
 
 def summary_text(summary: dict, workdir: str) -> str:
     m = summary["last_metrics"]
+    if summary["outcome"] == "nothing to do":
+        return (f"twlv train: nothing to do: the checkpoint is at step {summary['step']} and "
+                f"train.steps gives {summary['total_steps']} steps; raise train.steps to train "
+                f"on\n  checkpoint : {summary['checkpoint']}")
     how = "finished" if summary["outcome"] == "done" else f"stopped by {summary['outcome']}"
     lines = [f"twlv train: {how} at step {summary['step']}/{summary['total_steps']} "
              f"(started at {summary['start_step']})"]
@@ -352,12 +499,19 @@ def summary_text(summary: dict, workdir: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    overrides, rest = cfglib.split_cli(argv)
+    try:
+        overrides, rest = cfglib.split_cli(argv)
+    except cfglib.ConfigError as error:
+        print(f"twlv train: {error}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="twlv train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Any config key can be overridden: --config.optim.lr=3e-4")
     parser.add_argument("--config", required=True, help="FILE[:ARGS], e.g. configs/pretrain.py:variant=B")
     parser.add_argument("--workdir", required=True, help="output folder; reusing it resumes")
+    parser.add_argument("--start_over", action="store_true",
+                        help="start fresh in a workdir that holds an earlier run's metrics but no "
+                             "intact checkpoint (the old metrics are kept beside the new)")
     parser.add_argument("--coordinator", help="HOST:PORT of process 0, or auto (TPU pods, SLURM)")
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
@@ -373,9 +527,10 @@ def main(argv: list[str]) -> int:
         config = cfglib.build(args.config, overrides)
         distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                                timeout=args.init_timeout)
-        summary = run(config, args.workdir)
-    except (ValueError, FileNotFoundError, TooManyBadFiles, NonFiniteError,
-            distributed.DistributedError) as error:   # bad input or a stop the run chose
+        summary = run(config, args.workdir, start_over=args.start_over)
+    except (ValueError, FileNotFoundError, TooManyBadFiles, NonFiniteError, WorkdirError,
+            ckptlib.CheckpointError, distributed.DistributedError) as error:
+        # bad input, a workdir or folder that cannot take the run, or a stop the run chose
         print(f"twlv train: {error}", file=sys.stderr)
         return 3 if isinstance(error, NonFiniteError) else 2
     if jax.process_index() == 0:
