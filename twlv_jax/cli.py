@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("twlv_jax.export.export_cli", "a checkpoint's encoder for transformers/PyTorch, with parity"),
     "import": ("twlv_jax.export.import_cli", "HF VideoMAE or CLIP weights into a checkpoint or teacher"),
     "sweep": ("twlv_jax.sweep.cli", "run the sweep a config file declares (get_hyper), tabulate results"),
+    "plan": ("twlv_jax.plan.cli", "compile the train step for a TPU/GPU/CPU target: memory, FLOPs, speed"),
 }
 
 
