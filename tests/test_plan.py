@@ -84,7 +84,7 @@ def test_a_suggestion_is_compiled_and_shown_to_fit(capsys):
 def test_tpu_topology_compiles_here_and_an_hbm_overflow_is_a_clear_failure(capsys):
     code, out, _ = _main(capsys, "--config", TINY, "--target", "tpu:v5p:2x2x1")
     assert code == 0, out
-    assert "tpu:v5p:2x2x1: 4 devices, mesh data=1 fsdp=4" in out and "of 97280" in out
+    assert "tpu:v5p:2x2x1: 4 devices, mesh data=1 fsdp=4" in out and "of 97280.00" in out
     assert "at 40% MFU of 459 TFLOP/s per device" in out
     code, _, err = _main(capsys, "--config", TINY, "--target", "tpu:v5e:2x2", "--no_suggest",
                          "--config.train.batch_size=65536")

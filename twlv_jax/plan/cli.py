@@ -54,7 +54,7 @@ def report(plan, config, mfu: float, peak: float) -> str:
              f"per device {unit:>45}"]
     lines += [f"  {label:<44}{b[kind] / scale:9.3f}" for kind, label in KINDS]
     lines.append(f"  {'total (arguments + outputs - donated + temps)':<44}{b['total'] / scale:9.3f}"
-                 f"  of {t.memory / scale:.5g} ({b['total'] / t.memory:.1%})")
+                 f"  of {t.memory / scale:.2f} ({b['total'] / t.memory:.1%})")
     per_device = plan.flops / t.num_devices
     step = per_device / (peak * mfu)
     lines.append(f"FLOPs per step {plan.flops:.3g} ({per_device:.3g} per device, analytic); at "

@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         dry_run(args, runs, root)
         return 0
-    title = f"twlv sweep {args.spec}"
+    title = f"twlv sweep {os.path.basename(args.spec)}"
     stopped = None
     if not args.collect:
         write_runs(root, args.spec, runs)

@@ -76,7 +76,7 @@ def write_plot(path: str, table: list[dict], title: str) -> bool:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    names = [row["run"] for row in table]
+    names = [row["run"] + ("" if row["state"] == "done" else f" ({row['state']})") for row in table]
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
     for i, key in enumerate(keys):
@@ -87,7 +87,7 @@ def write_plot(path: str, table: list[dict], title: str) -> bool:
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("last online probe score")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
