@@ -72,7 +72,7 @@ def _config_files():
 @pytest.mark.parametrize("path", _config_files())
 def test_every_config_builds_and_validates_for_its_variants(path):
     module = cfglib.load_module(path)
-    args = VARIANTS.get(path) or (SETTINGS if "setting" in (module.__doc__ or "") else [""])
+    args = VARIANTS.get(path) or (SETTINGS if path.startswith("configs/ablations/") else [""])
     for arg in args:
         spec = f"{path}:{arg}" if arg else path
         validate(cfglib.load(spec), 8)
@@ -236,3 +236,27 @@ def test_xpk_launcher_names_workloads_within_40_characters_and_sets_the_cache():
     assert "--coordinator=auto\\ --config.optim.lr=1e-3" in out
     missing = xpk("c.py", "w")
     assert missing.returncode != 0 and "--cluster=NAME is required" in missing.stderr
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_gets_sigterm_when_the_sweep_is_killed():
+    script = ("import subprocess; from twlv_jax.sweep.execute import _term_with_parent; "
+              "p = subprocess.Popen(['sleep', '60'], start_new_session=True, "
+              "preexec_fn=_term_with_parent); print(p.pid, flush=True); p.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    assert _alive(pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

@@ -8,6 +8,7 @@ so a rerun resumes from the newest checkpoint or, without one, starts the run af
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -98,6 +99,12 @@ def _outcome(returncode: int, output: str) -> tuple[str, str]:
     return "failed", f"exit code {returncode}: {why}"
 
 
+def _term_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # 1: PR_SET_PDEATHSIG
+
+
 class LocalRunner:
     """Runs `twlv train` for each run in turn; SIGINT/SIGTERM is passed to the run going
     on (which checkpoints and exits) and ends the sweep after it."""
@@ -127,9 +134,12 @@ class LocalRunner:
         start = os.path.getsize(log_path) if os.path.isfile(log_path) else 0
         write_status(folder, "running", f"log: {log_path}")
         with open(log_path, "a") as log:
-            # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on once.
+            # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on
+            # once. If the sweep dies (kill -9), the run gets SIGTERM, so a rerun never
+            # finds it still training in the same workdir.
             self._child = subprocess.Popen(train_command(self.root, run), stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                                           stderr=subprocess.STDOUT, start_new_session=True,
+                                           preexec_fn=_term_with_parent)
             returncode = self._child.wait()
             self._child = None
         with open(log_path) as f:
