@@ -16,7 +16,7 @@ from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 from twlv_jax.models.vit import SIZES
 from twlv_jax.objectives.presets import PRESETS
-from twlv_jax.sweep import cli
+from twlv_jax.sweep import cli, execute
 from twlv_jax.sweep.expand import expand
 from twlv_jax.sweep.hyper import MAX_NAME, Hyper, run_names
 from twlv_jax.train.validate import validate
@@ -128,6 +128,17 @@ def test_a_bad_key_or_value_fails_at_expansion_naming_the_run_and_the_key(tmp_pa
     code, _, err = _main(capsys, good, "--workdir", str(tmp_path / "w"), "--only", "ratio=0.7")
     assert code == 2 and "--only: no run named 'ratio=0.7'" in err
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_launchers_name_the_device_count_that_runs_are_checked_against(tmp_path, capsys):
+    assert execute.launcher_devices("slurm", ["--nodes=4"]) == 32
+    assert execute.launcher_devices("xpk", ["--tpu_type=v5p-128", "--num_slices=2"]) == 128
+    assert execute.launcher_devices("xpk", ["--tpu_type=v5litepod-16"]) == 16
+    assert execute.launcher_devices("tpu_vm", ["--tpu=pod"]) is None
+    spec = _sweep_file(tmp_path, "h.sweep('config.seed', [0, 1])")
+    code, _, err = _main(capsys, spec, "--workdir", str(tmp_path / "w"), "--dry_run", "--launcher",
+                         "slurm", "--launcher_args", "--nodes=3 --gpus_per_node=1")
+    assert code == 2 and "run seed=0: train.batch_size=8 is not divisible by the data-parallel size 3" in err
 
 
 def test_dry_run_prints_the_runs_and_their_commands(tmp_path, capsys):

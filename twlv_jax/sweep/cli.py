@@ -43,7 +43,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
                         help="only rebuild the results table from the runs' workdirs")
     parser.add_argument("--devices", type=int,
                         help="devices each run gets, for the mesh checks (default: this "
-                             "machine's for --launcher local, else what each mesh fixes)")
+                             "machine's for local, what the slurm/xpk options give, else what "
+                             "each mesh fixes)")
     return parser.parse_args(rest), overrides
 
 
@@ -128,7 +129,8 @@ def main(argv: list[str]) -> int:
     try:
         args, overrides = parse(argv)
         root = os.path.abspath(args.workdir)
-        devices = args.devices
+        devices = args.devices or execute.launcher_devices(args.launcher,
+                                                            shlex.split(args.launcher_args))
         if devices is None and args.launcher == "local":
             import jax
             devices = jax.device_count()

@@ -71,6 +71,20 @@ def state_of(folder: str, config) -> tuple[str, str]:
     return "running", f"step {train['step']}"
 
 
+def launcher_devices(launcher: str, launcher_args: list[str]) -> int | None:
+    """The devices a launcher's options give each run, when they say: SLURM nodes x GPUs
+    per node (its defaults 1 x 8), or an XPK TPU type x slices (v4/v5p types count
+    TensorCores, two per device; v5e/v6e types count chips). None for local and tpu_vm."""
+    options = dict(a[2:].split("=", 1) for a in launcher_args if a.startswith("--") and "=" in a)
+    if launcher == "slurm":
+        return int(options.get("nodes", 1)) * int(options.get("gpus_per_node", 8))
+    if launcher == "xpk" and "tpu_type" in options:
+        kind, _, count = options["tpu_type"].rpartition("-")
+        per_device = 2 if kind in ("v4", "v5p") else 1
+        return int(count) // per_device * int(options.get("num_slices", 1))
+    return None
+
+
 def train_command(root: str, run: Run) -> list[str]:
     return [sys.executable, "-m", "twlv_jax", "train", "--config", run.spec,
             "--workdir", run_dir(root, run), *run.cli_overrides(), "--start_over"]
