@@ -97,9 +97,12 @@ def main(argv: list[str]) -> int:
     try:
         args, overrides = parse(argv)
         target = targetlib.parse(args.target)
-        if target.platform == "cpu" and "jax" not in sys.modules:
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
-                                       f"platform_device_count={target.num_devices}").strip()
+        if "jax" not in sys.modules:        # settings JAX reads when it starts
+            if target.platform == "cpu":
+                os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_"
+                                           f"platform_device_count={target.num_devices}").strip()
+            else:   # compile-only executables cannot be read back from the persistent cache
+                os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
         config = cfglib.build(args.config, overrides)
     except (cfglib.ConfigError, targetlib.TargetError) as error:
         print(f"twlv plan: {' '.join(str(error).split())}", file=sys.stderr)

@@ -6,7 +6,6 @@ is `twlv train`'s own (train/step.py compile_step), lowered and compiled, never 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -97,27 +96,14 @@ def prepare(config, devices: list) -> tuple[statelib.Setup, jax.ShapeDtypeStruct
     return setup, video, _state_bytes(setup, video)
 
 
-@contextlib.contextmanager
-def persistent_cache(enabled: bool):
-    """JAX's persistent compilation cache on or off for a block: compile-only TPU and GPU
-    executables cannot be read back from it, so they are not written to it."""
-    before = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", enabled and before)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", before)
-
-
 def compile_plan(config, target: Target, devices: list) -> Plan:
     """Compiles the train step of `config` for `devices`; DoesNotFit when it needs more
     memory per device than `target.memory` (TPUs say so while compiling)."""
     setup, video, state_bytes = prepare(config, devices)
     start = time.perf_counter()
     try:
-        with persistent_cache(target.platform == "cpu"):
-            compiled = steplib.compile_step(setup).lower(
-                setup.abstract_state, setup.abstract_teachers, video, 0.0).compile()
+        compiled = steplib.compile_step(setup).lower(
+            setup.abstract_state, setup.abstract_teachers, video, 0.0).compile()
     except Exception as error:  # XLA raises its own runtime error type for an OOM
         if is_oom(error):
             raise DoesNotFit(str(error).strip().splitlines()[0]) from None
