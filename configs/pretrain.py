@@ -103,6 +103,7 @@ def get_config(arg=None):
         probe_k=20,                                # neighbours of the online k-NN probe
         unsharded_limit=0.05,                      # max share of param bytes left unsharded (fsdp)
         inject_nan_batches=(),                     # fault injection: stream positions that give NaN
+        inject_nan_into="loss",                    # loss (the loss terms) | grads (also gradients)
     ))
 
     c.mesh = ConfigDict(dict(

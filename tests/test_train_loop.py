@@ -219,6 +219,29 @@ def test_nan_rollback_skips_the_batch_and_bounds_retries(videos, tmp_path, caplo
                              "train.nan_retries=1"), str(tmp_path / "nan_roll2"))
 
 
+def test_a_resumed_run_probes_at_its_end(videos, tmp_path):
+    workdir = str(tmp_path / "probe_resume")
+    overrides = ("train.probe_path=" + str(videos), "train.probe_every=0")
+    loop.run(tiny_config(videos, *overrides, "train.steps=5"), workdir)
+    summary = loop.run(tiny_config(videos, *overrides, "train.steps=7"), workdir)
+    assert summary["start_step"] == 5 and summary["step"] == 7
+    assert 0 <= summary["probe"]["probe/knn_label_motion"] <= 1
+    assert summary["probe"]["probe/baseline_pixel"] > 0
+
+
+def test_nan_in_the_gradients_rolls_back_to_finite_parameters(videos, tmp_path, caplog):
+    workdir = str(tmp_path / "nan_grads")
+    summary = loop.run(tiny_config(videos, "train.inject_nan_batches=(7,)", "train.nan_policy=rollback",
+                                   "train.inject_nan_into=grads"), workdir)
+    assert summary["outcome"] == "done" and summary["step"] == 12
+    assert "non-finite" in caplog.text and "rollback 1/3" in caplog.text
+    records = [r for r in read_metrics(workdir) if "loss" in r]
+    assert all(np.isfinite(r["grad_norm"]) and np.isfinite(r["param_norm"]) for r in records)
+    saved = ckptlib.Checkpoints(os.path.join(workdir, "checkpoints"), read_only=True, with_data=False)
+    meta = saved.meta(12)
+    assert meta["skipped_batches"] == [7]
+
+
 def test_init_from_is_strict_and_loads_params(videos, tmp_path):
     source = str(tmp_path / "source")
     loop.run(tiny_config(videos, "train.steps=5", objective="umt"), source)

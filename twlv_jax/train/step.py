@@ -19,8 +19,10 @@ from twlv_jax.train.state import Setup
 def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison=0.0):
     """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips.
 
-    `poison` is added to every loss term: 0 normally; the loop's fault injection
-    (`train.inject_nan_batches`) passes NaN to stand for a batch that breaks the numerics.
+    `poison` is added to every loss term, and with `train.inject_nan_into=grads` to every
+    gradient too: 0 normally; the loop's fault injection (`train.inject_nan_batches`)
+    passes NaN to stand for a batch that breaks the numerics (the parameters then become
+    non-finite as well).
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
@@ -33,6 +35,8 @@ def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, 
         return hybrid.total(terms, setup.objective), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if setup.config.train.inject_nan_into == "grads":
+        grads = jax.tree.map(lambda g: g + poison, grads)
     return loss, terms, grads
 
 

@@ -25,6 +25,7 @@ CHOICES = {
     "model.remat": ["none", *REMAT_POLICIES], "model.qkv_bias": ["all", "qv", "none"],
     "model.pos_embed": list(TABLES), "model.attention": list(IMPLEMENTATIONS[1:]),
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
+    "train.inject_nan_into": ["loss", "grads"],
 }
 POSITIVE = ("train.batch_size", "train.log_every", "optim.lr", "model.frames", "model.image_size",
             "model.tubelet", "model.patch", "train.keep")
