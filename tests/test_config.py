@@ -129,4 +129,4 @@ def test_save_round_trip(tmp_path):
 
 def test_demo_config_is_tiny():
     c = cfglib.load("configs/demo.py")
-    assert c.model.variant == "tiny" and c.train.steps == 120
+    assert c.model.variant == "tiny" and c.train.steps == 1000 and c.train.batch_size == 32

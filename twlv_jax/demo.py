@@ -212,9 +212,11 @@ def run_demo(workdir: str, data: str, config_spec: str) -> dict:
                                                  clips, labels, probe_batch)
     main_run = next(iter(recipe.RUNS))
     embeddings = os.path.join(workdir, "embeddings")
-    embedlib.main(["--checkpoint", os.path.join(workdir, main_run), "--input",
-                   os.path.join(data, "val.csv"), "--output", embeddings, "--label",
-                   "label_motion", "--split", "val"])
+    code = embedlib.main(["--checkpoint", os.path.join(workdir, main_run), "--input",
+                          os.path.join(data, "val.csv"), "--output", embeddings, "--label",
+                          "label_motion", "--split", "val"])
+    if code:
+        raise ValueError(f"twlv embed of {main_run} failed (exit status {code})")
     return {"rows": rows, "chance": chance(labels["val"]), "held_out": held_out,
             "embeddings": embeddings,
             "main_run": os.path.join(workdir, main_run)}

@@ -139,9 +139,10 @@ def _check(options: SynthOptions) -> None:
         (options.distractors >= 0, f"distractors must be >= 0, got {options.distractors}"),
         (options.texture >= 0, f"texture must be >= 0, got {options.texture}"),
         (options.noise >= 0, f"noise must be >= 0, got {options.noise}"),
-        (options.radius > 0 and 2 * options.radius + options.travel < 1,
+        (options.radius > 0 and 2 * (options.radius * options.size + 1)
+         + options.travel * options.size <= options.size,
          f"radius {options.radius} and travel {options.travel}: the shape must stay inside "
-         "the frame (2 * radius + travel < 1)"),
+         f"the {options.size}-px frame (2 * (radius * size + 1) + travel * size <= size)"),
     ) if not ok]
     if problems:
         raise ValueError("synthetic set: " + "; ".join(problems))
