@@ -2,11 +2,13 @@
 losses of the online probe, and `twlv demo` end to end on a tiny recipe."""
 
 import json
+import logging
 import os
 import textwrap
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from twlv_jax import config as cfglib
@@ -85,7 +87,18 @@ def get_config(arg=None):
 """
 
 
-def test_demo_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
+@pytest.fixture
+def root_logging():
+    """Restores the root logger's handlers after a verb's main() replaced them (its stream
+    is the test's captured stderr, closed once the test ends)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_demo_end_to_end_on_a_tiny_recipe(tmp_path, capsys, root_logging):
     recipe = tmp_path / "recipe.py"
     recipe.write_text(f"REPO = {os.getcwd()!r}\n" + textwrap.dedent(TINY_RECIPE))
     workdir = tmp_path / "demo"
@@ -106,13 +119,16 @@ def test_demo_end_to_end_on_a_tiny_recipe(tmp_path, capsys):
     assert (workdir / "results.md").read_text().startswith("# twlv demo")
     assert len(list((workdir / "embeddings" / "val").glob("*.json"))) == 16
     assert (workdir / "teacher" / "teacher.safetensors").is_file()
-    # The set is written once; another set's options in the same folder are refused.
-    options = json.loads((tmp_path / "data" / "classes.json").read_text())["options"]
-    assert options["train"] == 24
-    other = SynthOptions(train=25)
-    try:
-        demo.write_data(str(tmp_path / "data"), other)
-    except ValueError as error:
-        assert "written with other options" in str(error)
-    else:
-        raise AssertionError("a set with other options was accepted")
+    # The set is written once, and written anew for other options; other folders are refused.
+    data = tmp_path / "data"
+    first = (data / "videos" / "val" / "000000.mp4").stat().st_mtime_ns
+    demo.write_data(str(data), SynthOptions(**{**json.loads(
+        (data / "classes.json").read_text())["options"]}))
+    assert (data / "videos" / "val" / "000000.mp4").stat().st_mtime_ns == first
+    demo.write_data(str(data), SynthOptions(train=3, val=2, frames=8, size=32))
+    assert len((data / "train.csv").read_text().splitlines()) == 4       # header + 3 rows
+    assert not (data / "videos" / "train" / "000003.mp4").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no synthetic set"):
+        demo.write_data(str(tmp_path / "other"), SynthOptions())

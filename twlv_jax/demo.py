@@ -105,15 +105,26 @@ def score(train: np.ndarray, val: np.ndarray, labels: dict, *, probe_batch: int)
 
 
 def write_data(path: str, options: SynthOptions) -> None:
-    """The synthetic set at `path`, written unless the same options already wrote it."""
+    """The synthetic set at `path`, written unless the same options already wrote it.
+
+    A synthetic set written with other options (an earlier recipe) is replaced; a folder
+    holding anything else is refused.
+    """
     classes = os.path.join(path, "classes.json")
     if os.path.isfile(classes):
         with open(classes) as f:
-            if json.load(f).get("options") == dataclasses.asdict(options):
-                log.info("data: %s (already written)", path)
-                return
-        raise ValueError(f"{path} holds a synthetic set written with other options; remove it "
-                         "or pass another --data folder")
+            written = json.load(f).get("options")
+        if written == dataclasses.asdict(options):
+            log.info("data: %s (already written)", path)
+            return
+        if written is None:
+            raise ValueError(f"--data {path} holds something other than the synthetic set; "
+                             "pass another folder")
+        log.info("data: %s holds the synthetic set of other options; writing it anew", path)
+        shutil.rmtree(os.path.join(path, "videos"), ignore_errors=True)
+    elif os.path.isdir(path) and os.listdir(path):
+        raise ValueError(f"--data {path} is not empty and holds no synthetic set; pass another "
+                         "folder")
     start = time.perf_counter()
     write_synthetic(path, options, workers=max(1, min(4, os.cpu_count() or 1)))
     log.info("data: wrote %d + %d videos to %s in %.0f s", options.train, options.val, path,
