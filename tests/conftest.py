@@ -16,6 +16,29 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import pytest
 from absl import flags
 
 flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
+
+
+def train_tiny(data, workdir, *overrides: tuple[str, str]) -> str:
+    """A tiny videomae student trained for 2 steps on `data`/train.csv, written to `workdir`."""
+    from twlv_jax import config as cfglib
+    from twlv_jax.train import loop
+    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
+        ("data.path", str(data / "train.csv")), ("data.workers", "0"),
+        ("train.batch_size", "8"), ("train.steps", "2"), ("train.ckpt_every", "2"),
+        ("train.log_every", "1"), *overrides])
+    loop.run(config, str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny checkpoint after 2 steps, and the synthetic videos (24 train, 8 val) it read."""
+    from twlv_jax.data.synthetic import SynthOptions, write_synthetic
+    root = tmp_path_factory.mktemp("trained")
+    videos = root / "videos"
+    write_synthetic(str(videos), SynthOptions(train=24, val=8, frames=16, size=32))
+    return train_tiny(videos, root / "run"), videos

@@ -9,8 +9,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import train_tiny
 
-from twlv_jax import config as cfglib
 from twlv_jax.data import clips as clipslib
 from twlv_jax.data.manifest import read_manifest, read_manifest_or_folder, write_manifest
 from twlv_jax.data.sources import ManifestSource
@@ -20,7 +20,6 @@ from twlv_jax.eval import embed
 from twlv_jax.eval.embed_files import EmbedError, video_ids
 from twlv_jax.eval.encoder import load_encoder
 from twlv_jax.parallel.mesh import make_mesh
-from twlv_jax.train import loop
 
 MULTI = embed.EmbedOptions(sampling="multi-clip", clip_seconds=1.0, clip_stride=0.5, batch_size=4)
 
@@ -36,12 +35,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
     """A tiny student trained for 2 steps."""
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
-        ("data.path", str(data / "train.csv")), ("data.workers", "0"),
-        ("train.batch_size", "8"), ("train.steps", "2"), ("train.ckpt_every", "2")])
-    loop.run(config, workdir)
-    return workdir
+    return train_tiny(data, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from twlv_jax import config as cfglib
-from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 from twlv_jax.eval import knn, probes
 from twlv_jax.eval.attentive_probe import attentive_probe
 from twlv_jax.eval.folders import FolderError, read_embeddings, read_split
 from twlv_jax.eval.linear_probe import linear_probe, official_schedule, predict_proba
-from twlv_jax.train import loop
 
 DIM, CLASSES = 16, 4
 
@@ -257,20 +254,6 @@ def test_attentive_probe_finds_the_informative_token():
     short = {"heads": 2, "epochs": 2, "batch_size": 16, "progress": False}
     first = attentive_probe(train_x[:64], train_y[:64], val_x, val_y, **short)
     assert attentive_probe(train_x[:64], train_y[:64], val_x, val_y, **short) == first
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny checkpoint after 2 steps, and the synthetic videos it read."""
-    root = tmp_path_factory.mktemp("probe")
-    videos = root / "videos"
-    write_synthetic(str(videos), SynthOptions(train=24, val=8, frames=16, size=32))
-    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
-        ("data.path", str(videos / "train.csv")), ("data.workers", "0"),
-        ("train.batch_size", "8"), ("train.steps", "2"), ("train.ckpt_every", "2"),
-        ("train.log_every", "1")])
-    loop.run(config, str(root / "run"))
-    return root / "run", videos
 
 
 def test_attentive_probe_cli_end_to_end(trained, capsys):

@@ -11,13 +11,13 @@ from safetensors.numpy import save_file
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from twlv_jax import config as cfglib  # noqa: E402
+from conftest import train_tiny  # noqa: E402
+
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic  # noqa: E402
 from twlv_jax.eval.encoder import abstract_student, load_encoder  # noqa: E402
 from twlv_jax.export import export_cli, files, hf_clip, import_cli, parity, student, videomae  # noqa: E402
 from twlv_jax.export.table import ConversionError, export_params, import_params  # noqa: E402
 from twlv_jax.train import checkpoint as ckptlib  # noqa: E402
-from twlv_jax.train import loop  # noqa: E402
 
 TINY_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                image_size=32, patch_size=8, num_frames=8, tubelet_size=2, layer_norm_eps=1e-6,
@@ -35,13 +35,8 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
     """A tiny student in VideoMAE's layout (1-D positions, q/v biases), trained 2 steps."""
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
-        ("data.path", str(data / "train.csv")), ("data.workers", "0"), ("train.batch_size", "8"),
-        ("train.steps", "2"), ("train.ckpt_every", "2"), ("model.pos_embed", "sincos1d"),
-        ("model.qkv_bias", "qv")])
-    loop.run(config, workdir)
-    return workdir
+    return train_tiny(data, tmp_path_factory.mktemp("run"), ("model.pos_embed", "sincos1d"),
+                      ("model.qkv_bias", "qv"))
 
 
 @pytest.fixture(scope="module")

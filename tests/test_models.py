@@ -88,8 +88,10 @@ def test_scan_and_loop_give_the_same_outputs_and_gradients():
     grads = [nnx.grad(loss)(m) for m in (scan, loop, remat)]
     np.testing.assert_allclose(values[1], values[0], rtol=1e-6)
     np.testing.assert_allclose(values[2], values[0], rtol=1e-6)
+    # Float32 sums in another order: on some CPUs (AMD EPYC) a few of the 24576 values of
+    # a gradient differ by 1.2e-5 between the scanned and the unrolled layers.
     for g in grads[1:]:
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5),
                      nnx.to_pure_dict(grads[0]), nnx.to_pure_dict(g))
 
 

@@ -12,14 +12,11 @@ from sklearn.covariance import ledoit_wolf as sk_ledoit_wolf
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.model_selection import cross_val_score
 
-from twlv_jax import config as cfglib
 from twlv_jax import models
-from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 from twlv_jax.data.transforms import normalize
 from twlv_jax.eval import motion
 from twlv_jax.eval.lda import fit_lda, ledoit_wolf, pair_folds, paired_cv, pca
 from twlv_jax.models import posembed
-from twlv_jax.train import loop
 
 
 def shifted_pairs(count=40, dim=16, shift=0.3, seed=0):
@@ -115,20 +112,6 @@ def test_order_free_encoder_is_at_chance_and_order_aware_encoder_separates(monke
     forward, backward = forward_and_reversed(seeing, video)
     assert np.abs(forward - backward).max() > 1e-3
     assert motion.separability(forward, backward) > 0.9
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny checkpoint after 2 steps, and the synthetic videos it read."""
-    root = tmp_path_factory.mktemp("motion")
-    videos = root / "videos"
-    write_synthetic(str(videos), SynthOptions(train=24, val=8, frames=16, size=32))
-    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
-        ("data.path", str(videos / "train.csv")), ("data.workers", "0"),
-        ("train.batch_size", "8"), ("train.steps", "2"), ("train.ckpt_every", "2"),
-        ("train.log_every", "1")])
-    loop.run(config, str(root / "run"))
-    return root / "run", videos
 
 
 def test_motion_cli_writes_plots_report_and_numbers(trained, tmp_path, capsys):
