@@ -24,7 +24,7 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.run-installed
 demo: $(VENV)/.run-installed
 	$(BIN)/twlv demo --workdir $(DEMO_DIR) --data $(DEMO_DATA)
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(VENV)/.tpu-installed
 	$(BIN)/python -m pytest -n 2 --durations=15 tests
 
 # `twlv plan` for TPU targets: libtpu at the version jax[tpu] pins for our JAX (a 213 MB
