@@ -464,7 +464,7 @@ def _start_and_train(run: Run) -> dict:
                 run_probe(run, probe, writer)
                 baseline = run.probe_scores[1]
             outcome = preempted(run) or train(run, compiled, probe, writer, perf)
-            if probe and outcome == "done" and run.probe_scores[0] != run.step:
+            if probe and outcome == "done" and (run.probe_scores or (None,))[0] != run.step:
                 run_probe(run, probe, writer)
         if run.checkpoints.latest_step() != run.step:
             save(run)
