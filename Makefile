@@ -42,6 +42,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/data.py
+	$(BIN)/python benchmarks/embed.py
 
 clean:
 	rm -rf runs

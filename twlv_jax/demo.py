@@ -2,7 +2,7 @@ r"""`twlv demo`: pretraining that learns, shown end to end on the built-in synth
 
     twlv demo --workdir runs/demo [--data runs/demo_data] [--config configs/demo.py]
 
-1. writes the synthetic set (labelled MP4s; once, reused when present);
+1. writes the synthetic set (labelled MP4s; reused when written with the same options);
 2. trains the image teacher on the train videos' frames without labels (InfoNCE,
    `twlv_jax.train.teacher`) and saves its weights;
 3. pretrains the student with the TWLV objective (distill + pixel + latent, distilling
