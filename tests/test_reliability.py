@@ -16,6 +16,7 @@ import time
 import numpy as np
 import psutil
 import pytest
+from conftest import SUB_ENV
 from safetensors.numpy import save_file
 
 from twlv_jax import cli
@@ -32,8 +33,6 @@ from twlv_jax.train import loop, validate
 # checkpoint module drops them from the process's hook, which pytest replaces per test.
 CLOSED_LOOP = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-SUB_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-               "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from conftest import SUB_ENV
 
 from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
@@ -27,8 +28,6 @@ VARIANTS = {
     + [f"variant={v},objective={o}" for v in ("tiny", "B") for o in PRESETS if o != "none"],
 }
 SETTINGS = ("setting=cpu", "setting=paper")
-SUB_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-               "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 SAFE = re.compile(r"^[A-Za-z0-9._=+-]+$")
 
 

@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import SUB_ENV
 
 from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
@@ -18,10 +19,6 @@ from twlv_jax.train import checkpoint as ckptlib
 from twlv_jax.train import loop
 from twlv_jax.train import metrics as metricslib
 from twlv_jax.train import state as statelib
-
-# Subprocesses get 2 simulated devices: enough for a sharded mesh, quicker to compile.
-SUB_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-               "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")
