@@ -43,11 +43,12 @@ class Encoder:
     def __init__(self, graphdef: nnx.GraphDef, params: dict, param_shardings, config, mesh: Mesh,
                  *, step: int | None = None, source: str = ""):
         self.graphdef, self.params, self.config, self.mesh = graphdef, params, config, mesh
-        self.rules = config.mesh.rules if "mesh" in config else "dp"
+        self.rules = config.mesh.rules
         self.step, self.source = step, source
         self._dp = mesh.shape["data"] * mesh.shape["fsdp"]
-        # Several processes: each holds the whole batch (a replicated global array).
-        self._input = batch_sharding(mesh) if jax.process_count() == 1 else replicated(mesh)
+        # Inputs and outputs split over the devices; with several processes each holds the
+        # whole batch (a replicated global array).
+        self._batch = batch_sharding(mesh) if jax.process_count() == 1 else replicated(mesh)
         self._compiled = {}
         self._param_shardings = param_shardings
 
@@ -72,10 +73,9 @@ class Encoder:
                 if tokens:
                     result["tokens"] = out["tokens"].astype(jnp.float32)
                 return result
-            out = self._input if jax.process_count() == 1 else replicated(self.mesh)
             self._compiled[tokens] = jax.jit(embed, in_shardings=(self._param_shardings,
-                                                                  self._input),
-                                             out_shardings=out)
+                                                                  self._batch),
+                                             out_shardings=self._batch)
         return self._compiled[tokens]
 
     def __call__(self, video: np.ndarray, *, tokens: bool = False,
@@ -95,7 +95,7 @@ class Encoder:
             video = np.concatenate([video, np.zeros((padded - count, *video.shape[1:]),
                                                     np.uint8)])
         with sharding.use_rules(self.mesh, self.rules):
-            array = jax.make_array_from_process_local_data(self._input, video)
+            array = jax.make_array_from_process_local_data(self._batch, video)
             result = self._function(tokens)(self.params if params is None else params, array)
         if jax.process_count() == 1:
             return {k: np.asarray(v)[:count] for k, v in result.items()}
