@@ -177,7 +177,8 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def load_module(spec: str):
-    """Imports the config file named in 'path[:arg]' (for get_sweep and friends)."""
+    """Imports the config file named in 'path[:arg]' as a module (its `get_hyper`, the
+    demo's recipe, or a config that builds on another)."""
     return _exec_config(spec.partition(":")[0], "_twlv_config_module")
 
 

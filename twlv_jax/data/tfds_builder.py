@@ -23,7 +23,6 @@ from twlv_jax.data.parallel import map_ordered
 from twlv_jax.data.quarantine import Quarantine
 from twlv_jax.data.video import BadVideo, probe
 
-DATASET_NAME = "twlv_video"
 _BYTES = np.object_
 
 

@@ -64,8 +64,8 @@ class ClipViT(nnx.Module):
     def positions(self, grid: int) -> jax.Array:
         """(1 + grid², D): the class position and the patch table resampled to `grid`."""
         table = self.pos_embedding[...]
-        patches = table[1:].reshape(self.grid, self.grid, self.dim)
-        patches = posembed.resample(patches, (grid, grid)).reshape(-1, self.dim)
+        patches = table[1:].reshape(self.grid, self.grid, self.dim)  # (G, G, D)
+        patches = posembed.resample(patches, (grid, grid)).reshape(-1, self.dim)  # (g*g, D)
         return jnp.concatenate([table[:1], patches], axis=0)
 
     def features(self, images: jax.Array, num_layers: int) -> dict:
@@ -77,7 +77,7 @@ class ClipViT(nnx.Module):
         """
         b, h, _, _ = images.shape
         grid = h // self.patch
-        patches = patchify(images[:, None], 1, self.patch).reshape(b, grid * grid, -1)
+        patches = patchify(images[:, None], 1, self.patch).reshape(b, grid * grid, -1)  # (B, N, p*p*3)
         x = self.patch_embed(patches)                                        # (B, N, D)
         cls = jnp.broadcast_to(self.class_embedding[...], (b, 1, self.dim))
         x = self.pre_norm(jnp.concatenate([cls, x], axis=1) + self.positions(grid))
@@ -96,7 +96,7 @@ class ClipViT(nnx.Module):
 def normalize_for_clip(video_uint8: jax.Array, image_size: int) -> jax.Array:
     """(B, T, H, W, 3) uint8 -> (B*T, S, S, 3) float32 frames in CLIP's normalisation."""
     b, t, h, w, c = video_uint8.shape
-    frames = video_uint8.reshape(b * t, h, w, c).astype(F32) / 255.0
+    frames = video_uint8.reshape(b * t, h, w, c).astype(F32) / 255.0  # (B*T, H, W, 3)
     if (h, w) != (image_size, image_size):
         frames = jax.image.resize(frames, (b * t, image_size, image_size, c), "bilinear")
     return (frames - CLIP_MEAN) / CLIP_STD

@@ -128,6 +128,7 @@ def predictions(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: V
         frames = normalize_for_clip(video, teacher_image_size(config))
         count = config.objective.distill.layers if "distill" in objective.weights else 1
         out = jax.lax.stop_gradient(teacher.features(frames, count))
+        # (B*T, H'W') -> (B, T', t, H'W') -> mean over each tubelet's frames: (B, T', H'W')
         attention = out["cls_attention"].reshape(batch, grid[0], tubelet, -1).mean(axis=2)
         teacher_layers = frames_to_tokens(out["layers"], batch, tubelet)    # (L, B, N, P)
 

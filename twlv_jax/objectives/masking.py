@@ -43,7 +43,7 @@ def _per_frame(scores: jax.Array, grid, ratio: float):
     t, h, w = grid
     per_frame = h * w - int(ratio * h * w)
     top = jnp.argsort(-scores, axis=-1)[..., :per_frame]                  # (B, T', k)
-    keep = (top + (jnp.arange(t) * h * w)[None, :, None]).reshape(scores.shape[0], -1)
+    keep = (top + (jnp.arange(t) * h * w)[None, :, None]).reshape(scores.shape[0], -1)  # (B, T*K)
     visible = jnp.zeros((scores.shape[0], t * h * w), bool)
     visible = visible.at[jnp.arange(scores.shape[0])[:, None], keep].set(True)
     order = jnp.argsort(~visible, axis=1, stable=True)   # visible tokens first, in index order
@@ -101,8 +101,8 @@ def multiblock3d_mask(rng, batch: int, grid, ratio: float, *, short=(8, 0.15), l
     short_m = _blocks(r_short, batch, grid, short[0], short[1], aspect)
     long_m = _blocks(r_long, batch, grid, long[0], long[1], aspect)
     use_long = (jnp.arange(batch) % 2 == 1)[:, None, None]
-    spatial = jnp.where(use_long, long_m, short_m).reshape(batch, 1, h * w)
-    in_block = jnp.broadcast_to(spatial, (batch, t, h * w)).reshape(batch, -1)
+    spatial = jnp.where(use_long, long_m, short_m).reshape(batch, 1, h * w)  # (B, 1, H*W)
+    in_block = jnp.broadcast_to(spatial, (batch, t, h * w)).reshape(batch, -1)  # (B, T*H*W)
     noise = jax.random.uniform(r_noise, in_block.shape)
     order = jnp.argsort(in_block.astype(jnp.float32) + noise, axis=1)     # unmasked first
     return _split(order, num_visible("multiblock3d", grid, ratio))

@@ -1,7 +1,9 @@
 """Logical axis rules: one table per strategy maps the model's axis names to mesh axes.
 
-Parameters carry logical names (`embed`, `mlp`, `heads`, `kv`, `layers`, ...) through
-`nnx.with_partitioning`; activations are constrained with `constrain(x, names)`. A rule
+Parameters carry logical names (`embed`, `mlp`, `heads`, `kv`, `layers`, ...) as their
+`out_sharding` metadata (`models.layers.param`; nothing is sharded eagerly), and
+`param_shardings` turns them into NamedShardings; activations are constrained with
+`constrain(x, names)`. A rule
 that does not divide a dimension evenly is dropped for that array (it stays replicated
 along that axis), and `unsharded_fraction` reports how much ended up replicated.
 """
