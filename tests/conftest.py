@@ -1,7 +1,9 @@
 """Test set-up: 8 simulated CPU devices and parsed absl flags, before JAX or Grain import."""
 
+import json
 import os
 import tempfile
+import time
 
 # Optimisation level 0 of the CPU backend halves XLA compile times, which dominate the
 # suite; the HLO (and so the arithmetic) is the same, the machine code is less tuned.
@@ -46,3 +48,17 @@ def trained(tmp_path_factory):
     videos = root / "videos"
     write_synthetic(str(videos), SynthOptions(train=24, val=8, frames=16, size=32))
     return train_tiny(videos, root / "run"), videos
+
+
+def wait_for_step(metrics: str, step: int, process, timeout: float) -> None:
+    """Waits until the run's `metrics` file logs `step` (or later); fails if `process` exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.communicate()
+        if os.path.isfile(metrics):
+            with open(metrics) as f:
+                steps = [json.loads(line)["step"] for line in f if line.strip()]
+            if steps and steps[-1] >= step:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached in {metrics}")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import SUB_ENV
+from conftest import SUB_ENV, wait_for_step
 from safetensors.numpy import save_file
 
 from twlv_jax import cli
@@ -82,20 +82,6 @@ def largest_array_file(step_dir: str) -> str:
                key=os.path.getsize)
 
 
-def wait_for_step(workdir, step, process, timeout=120):
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, process.communicate()
-        if os.path.exists(path):
-            with open(path) as f:
-                steps = [json.loads(line)["step"] for line in f if line.strip()]
-            if steps and steps[-1] >= step:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} not reached")
-
-
 def grain_workers(pid: int) -> list[psutil.Process]:
     return [c for c in psutil.Process(pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
@@ -150,7 +136,7 @@ def test_2_sigterm_while_waiting_on_a_stuck_data_worker(videos, tmp_path):
     workdir = tmp_path / "stall"
     process = subprocess.Popen(train_cli(videos, workdir), env=SUB_ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    wait_for_step(workdir, 3, process)
+    wait_for_step(os.path.join(workdir, "metrics.jsonl"), 3, process, 120)
     stalled = grain_workers(process.pid)
     assert stalled
     for worker in stalled:                  # a data worker that never answers again

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import SUB_ENV
+from conftest import SUB_ENV, wait_for_step
 
 from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
@@ -173,19 +173,6 @@ def _sweep_cli(spec, root, videos):
             "--config.train.log_every=1", "--config.train.probe_every=30"]
 
 
-def _wait_for_step(path, step, process, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, process.communicate()
-        if os.path.isfile(path):
-            with open(path) as f:
-                steps = [json.loads(line)["step"] for line in f if line.strip()]
-            if steps and steps[-1] >= step:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"step {step} not reached in {path}")
-
-
 def test_tiny_sweep_runs_is_interrupted_resumes_and_tabulates(tmp_path, videos):
     # One run that fails when it starts (a missing teacher file), then two seeds.
     spec = _sweep_file(tmp_path, "h.chainit([h.fixed('config.teacher.weights', '/no/teacher.st'), "
@@ -193,7 +180,7 @@ def test_tiny_sweep_runs_is_interrupted_resumes_and_tabulates(tmp_path, videos):
     root = tmp_path / "sweep"
     process = subprocess.Popen(_sweep_cli(spec, root, videos), env=SUB_ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    _wait_for_step(root / "seed=1" / "metrics.jsonl", 3, process)
+    wait_for_step(str(root / "seed=1" / "metrics.jsonl"), 3, process, 300)
     while not os.path.isdir(root / "seed=1" / "checkpoints" / "3"):
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import SUB_ENV
+from conftest import SUB_ENV, wait_for_step
 
 from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
@@ -45,20 +45,6 @@ def cli(videos, workdir, *overrides, steps=20):
             "--workdir", str(workdir), f"--config.data.path={videos / 'train.csv'}",
             "--config.data.workers=1", "--config.train.batch_size=4", "--config.train.log_every=1",
             "--config.train.ckpt_every=10", f"--config.train.steps={steps}", *overrides]
-
-
-def wait_for_step(workdir, step, process, timeout=180):
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, process.communicate()
-        if os.path.exists(path):
-            with open(path) as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-            if lines and lines[-1]["step"] >= step:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"step {step} not reached")
 
 
 def test_run_writes_metrics_config_events_and_checkpoints(videos, tmp_path):
@@ -119,7 +105,7 @@ def test_kill_9_and_restart_reproduce_the_uninterrupted_losses(videos, tmp_path)
     subprocess.run(cli(videos, straight), env=SUB_ENV, check=True, capture_output=True)
     process = subprocess.Popen(cli(videos, killed), env=SUB_ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_step(killed, 13, process)
+    wait_for_step(os.path.join(killed, "metrics.jsonl"), 13, process, 180)
     while not os.path.isdir(killed / "checkpoints" / "10"):   # committed (renamed from its tmp name)
         assert process.poll() is None
         time.sleep(0.05)
@@ -138,7 +124,7 @@ def test_sigterm_during_steps_checkpoints_the_current_step(videos, tmp_path):
     workdir = tmp_path / "term"
     process = subprocess.Popen(cli(videos, workdir, steps=100000), env=SUB_ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_step(workdir, 13, process)
+    wait_for_step(os.path.join(workdir, "metrics.jsonl"), 13, process, 180)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err[-3000:]
