@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 
 import jax
@@ -42,6 +42,7 @@ from twlv_jax.eval import embed as embedlib
 from twlv_jax.eval.encoder import Encoder, load_encoder, random_encoder
 from twlv_jax.eval.knn import knn_accuracy
 from twlv_jax.eval.linear_probe import linear_probe
+from twlv_jax.eval.outputs import fail
 from twlv_jax.models import weights as weightlib
 from twlv_jax.models.teachers import normalize_for_clip
 from twlv_jax.objectives.presets import teacher_image_size
@@ -69,16 +70,24 @@ def encoder_features(encoder: Encoder, clips: np.ndarray, batch: int = 64) -> np
                            for i in range(0, len(clips), batch)])
 
 
-def teacher_features(variant: str, params: dict, clips: np.ndarray, image_size: int,
-                     batch: int = 64) -> np.ndarray:
-    """The image teacher's embedding of every frame, averaged over each clip's frames: (N, P)."""
+@functools.cache
+def _teacher_embedding(variant: str, image_size: int):
+    """jit(params, uint8 clips (B, T, H, W, 3)) -> (B, P) frame embeddings averaged per clip;
+    one compiled function per teacher variant and size, whatever its parameters."""
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.image_teacher(variant)))
 
     @jax.jit
-    def embed(params, video):                                            # (B, T, H, W, 3)
+    def embed(params, video):
         teacher = nnx.merge(graphdef, params)
         frames = frame_embedding(teacher, normalize_for_clip(video, image_size))  # (B*T, P)
-        return frames.reshape(video.shape[0], video.shape[1], -1).mean(axis=1)
+        return frames.reshape(video.shape[0], video.shape[1], -1).mean(axis=1)  # (B, P)
+    return embed
+
+
+def teacher_features(variant: str, params: dict, clips: np.ndarray, image_size: int,
+                     batch: int = 64) -> np.ndarray:
+    """The image teacher's embedding of every frame, averaged over each clip's frames: (N, P)."""
+    embed = _teacher_embedding(variant, image_size)
     return np.concatenate([np.asarray(embed(params, clips[i:i + batch]))
                            for i in range(0, len(clips), batch)])
 
@@ -267,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.workdir)
         result = run_demo(os.path.abspath(args.workdir), args.data, args.config)
     except (ValueError, FileNotFoundError) as error:
-        print(f"twlv demo: {error}", file=sys.stderr)
-        return 2
+        return fail("demo", error)
     text = (f"val top-1 of each model's embeddings:\n\n{table(result['rows'], result['chance'])}"
             f"\n\nloss on the val clips (fixed masks) against each target's trivial baseline:"
             f"\n\n{held_out_table(result['held_out'])}")

@@ -119,11 +119,8 @@ def load_encoder(path: str, *, step: int | None = None, mesh: Mesh | None = None
         step = steps[-1] if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"{directory} has no step {step}; steps on disk: {steps}")
-        config = ml_collections.ConfigDict(checkpoints.meta(step)["config"])
-        config.mesh.rules = rules
-        mesh = mesh or make_mesh((-1, 1, 1))
-        graphdef, abstract, specs = abstract_student(config)
-        shardings = sharding.param_shardings(abstract, specs, mesh, rules)
+        config, mesh, graphdef, abstract, shardings = _placed_student(
+            ml_collections.ConfigDict(checkpoints.meta(step)["config"]), mesh, rules)
         target = {"params": {"student": jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)}}
         restored = checkpoints.manager.restore(step, args=ocp.args.Composite(
@@ -140,15 +137,23 @@ def load_encoder(path: str, *, step: int | None = None, mesh: Mesh | None = None
 def random_encoder(config, *, mesh: Mesh | None = None, rules: str = "dp") -> Encoder:
     """The student of a run config at its random init: the parameters `twlv train` starts
     from with the same seed (the baseline that pretraining must beat)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.mesh.rules = rules
-    mesh = mesh or make_mesh((-1, 1, 1))
-    graphdef, abstract, specs = abstract_student(config)
-    shardings = sharding.param_shardings(abstract, specs, mesh, rules)
+    config, mesh, graphdef, _, shardings = _placed_student(config, mesh, rules)
     init = lambda: nnx.to_pure_dict(nnx.state(build_student(config.model,
                                                             nnx.Rngs(config.seed))))
     params = jax.jit(init, out_shardings=shardings)()
     return Encoder(graphdef, params, shardings, config, mesh, step=0, source="random init")
+
+
+def _placed_student(config, mesh: Mesh | None, rules: str):
+    """(a copy of the run config with `mesh.rules` set, the mesh, and the student's
+    graphdef, abstract params and their shardings); the default mesh puts every device on
+    the data axis."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.mesh.rules = rules
+    mesh = mesh or make_mesh((-1, 1, 1))
+    graphdef, abstract, specs = abstract_student(config)
+    return config, mesh, graphdef, abstract, sharding.param_shardings(abstract, specs, mesh,
+                                                                      rules)
 
 
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:

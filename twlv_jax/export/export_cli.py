@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from twlv_jax.eval.outputs import fail
 from twlv_jax.export import hf, parity, student
 from twlv_jax.export.table import ConversionError
 
@@ -86,5 +87,4 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"twlv export: {error}", file=sys.stderr)
-        return 2
+        return fail("export", error)

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 
+from twlv_jax.eval.outputs import fail
 from twlv_jax.export import files, hf_clip, parity, student, videomae
 from twlv_jax.export.table import import_params
 from twlv_jax.models import weights as weightlib
@@ -99,5 +100,4 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"twlv import: {error}", file=sys.stderr)
-        return 2
+        return fail("import", error)

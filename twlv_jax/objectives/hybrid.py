@@ -99,7 +99,11 @@ LOSS_FNS = {"distill": cosine_loss, "pixel": mse, "latent": l1, "video_teacher":
 def losses(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
            video: jax.Array, rng: jax.Array, objective: Objective, config) -> dict[str, jax.Array]:
     """Every enabled target's loss for a batch of uint8 clips (B, T, H, W, 3)."""
-    pairs = predictions(model, frozen, ema_student, video, rng, objective, config)
+    return loss_terms(predictions(model, frozen, ema_student, video, rng, objective, config))
+
+
+def loss_terms(pairs: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
+    """Each target's loss from its (prediction, target)."""
     return {name: LOSS_FNS[name](*pair) for name, pair in pairs.items()}
 
 

@@ -63,11 +63,11 @@ class KnnProbe:
         training. Empty when no val batch is full or the batch does not split over the mesh.
         """
         mesh = self.setup.mesh
+        if BATCH % (mesh.shape["data"] * mesh.shape["fsdp"]):
+            return {}
         sharding = batch_sharding(mesh)
         totals: dict[str, float] = {}
         full = [b for b in self.splits["val"] if (b["index"] >= 0).all()]
-        if BATCH % (mesh.shape["data"] * mesh.shape["fsdp"]):
-            return {}
         for seed, batch in enumerate(full):
             # Every process holds the whole batch; each places its own devices' shards.
             video = jax.make_array_from_callback(batch["video"].shape, sharding,

@@ -16,6 +16,13 @@ from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
 
 
+def frozen_modules(setup: Setup, state: dict, teachers: dict):
+    """(the frozen teachers, the EMA student or None) as modules, from their parameters."""
+    frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
+    ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
+    return frozen, ema
+
+
 def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison=0.0):
     """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips.
 
@@ -25,8 +32,7 @@ def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, 
     non-finite as well).
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
-    ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
+    frozen, ema = frozen_modules(setup, state, teachers)
 
     def loss_fn(params):
         model = nnx.merge(setup.model_def, params)
@@ -47,13 +53,11 @@ def eval_losses(setup: Setup, state: dict, teachers: dict, video: jax.Array, see
     clips are scored on the same masks at every step. Stochastic depth is off.
     """
     rng = jax.random.key(seed)
-    frozen = {name: nnx.merge(setup.teacher_defs[name], params) for name, params in teachers.items()}
-    ema = nnx.merge(setup.student_def, state["ema"]) if "ema" in state else None
+    frozen, ema = frozen_modules(setup, state, teachers)
     model = nnx.merge(setup.model_def, state["params"])
     pairs = hybrid.predictions(model, frozen, ema, video, rng, setup.objective, setup.config,
                                train=False)
-    terms = {name: hybrid.LOSS_FNS[name](*pair) for name, pair in pairs.items()}
-    return terms, hybrid.baselines(pairs)
+    return hybrid.loss_terms(pairs), hybrid.baselines(pairs)
 
 
 def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison):
