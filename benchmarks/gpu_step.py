@@ -10,7 +10,7 @@ objectives, with cuDNN and XLA attention and with and without rematerialisation.
 Writes a markdown table to $OUT/gpu_step.md (after every case, so a cut-off run keeps what it
 measured) and prints it. Cases run in priority order until the time budget, compiles included,
 would be exceeded; the rest are listed as skipped. A case that runs out of device memory or fails
-is listed with its error. MFU: analytic model FLOPs (`twlv_jax.train.flops.train_step`) over the
+is listed with its error. MFU: analytic model FLOPs (`twlv_jax.train.flops.step_flops`) over the
 step time and the chip's dense bf16 peak (`flops.PEAKS`: 989 TFLOP/s for H100 and H200).
 
 The step's import path needs JAX, Flax, Optax, safetensors and ml-collections only (no Grain,
@@ -98,7 +98,7 @@ def measure(case: Case, overrides: list[tuple[str, str]], steps: int, warmup: in
                                              dtype=np.uint8)
     video = jax.device_put(video, batch_sharding(setup.mesh))
     poison = np.float32(0.0)
-    compiled = steplib.compile_step(setup).lower(state, teachers, video, poison).compile()
+    compiled = steplib.jit_train_step(setup).lower(state, teachers, video, poison).compile()
     memory = compiled.memory_analysis()
     compile_s = time.perf_counter() - start
     for _ in range(1 + warmup):
@@ -109,7 +109,7 @@ def measure(case: Case, overrides: list[tuple[str, str]], steps: int, warmup: in
         state, metrics = compiled(state, teachers, video, poison)
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - start) / steps
-    model_flops = flops.train_step(config, setup.objective)
+    model_flops = flops.step_flops(config, setup.objective)
     gib = None
     if memory is not None:
         gib = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -13,7 +13,7 @@ each has its own memory and threads. The cases that are compared with each other
 group: their workers are alive together and the parent asks each for one step in turn, round
 after round, so that they share the load of this shared machine. Step times are medians of the
 timed steps; the compiling call and `--warmup` more steps are not timed. MFU is the analytic
-model FLOPs of a step (`twlv_jax.train.flops.train_step`) over the step time and the matmul peak
+model FLOPs of a step (`twlv_jax.train.flops.step_flops`) over the step time and the matmul peak
 (`flops.measured_peak`: 2048^3, float32 accumulation), measured between the steps of the same
 run; the best of those measurements is used.
 
@@ -352,18 +352,18 @@ class JaxRunner:
         self.poison = np.float32(0.0)
         self.grad_norms = self._grad_norms(setup) if case.check else []
         start = time.perf_counter()
-        self.compiled = steplib.compile_step(setup).lower(
+        self.compiled = steplib.jit_train_step(setup).lower(
             self.state, self.teachers, self.video, self.poison).compile()
         self.loss = float(self._run()["loss"])
         self.compile_s = time.perf_counter() - start
-        self.flops = flops.train_step(config, setup.objective)
+        self.flops = flops.step_flops(config, setup.objective)
         memory = self.compiled.memory_analysis()
         self.temp_gb = memory.temp_size_in_bytes / 1e9 if memory is not None else 0.0
 
     def _grad_norms(self, setup) -> list[float]:
         """Norm of each parameter's gradient on the first batch (before any update)."""
         from twlv_jax.train import step as steplib
-        _, _, grads = steplib.compile_grads(setup)(self.state, self.teachers, self.video)
+        _, _, grads = steplib.jit_grads(setup)(self.state, self.teachers, self.video)
         return [float(np.linalg.norm(np.asarray(g, np.float64))) for g in self.jax.tree.leaves(grads)]
 
     def _run(self):

@@ -30,7 +30,7 @@ def train_and_score(target: str) -> tuple[list[tuple[float, float]], float, floa
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     setup = statelib.build(config, mesh, total_steps=steps, warmup_steps=10)
     state, teachers = statelib.init_state(setup), statelib.init_teachers(setup, {})
-    train, evaluate = steplib.compile_step(setup), steplib.compile_eval(setup)
+    train, evaluate = steplib.jit_train_step(setup), steplib.jit_eval(setup)
     held_out = colour_ramps(np.random.default_rng(1), 32, frames=8, size=32)
     stream = np.random.default_rng(0)
 

@@ -53,7 +53,7 @@ def test_sharded_loss_and_gradients_match_one_device(preset, shape, rules):
     results = []
     for devices, mesh_shape in ((jax.devices()[:1], "1,1,1"), (jax.devices(), shape)):
         setup, state, teachers = setup_on(config, mesh_shape, devices)
-        loss, terms, grads = steplib.compile_grads(setup)(state, teachers, video)
+        loss, terms, grads = steplib.jit_grads(setup)(state, teachers, video)
         results.append((state["params"], loss, terms, grads))
     (p1, l1, t1, g1), (p8, l8, t8, g8) = results
     jax.tree.map(np.testing.assert_array_equal, p8, p1)          # sharded init is the same init
@@ -107,7 +107,7 @@ def test_each_preset_overfits_a_fixed_batch(preset):
                   "train.batch_size=2", "mesh.shape=1,1,1")
     validate(config, num_devices=1)
     setup, state, teachers = setup_on(config, "1,1,1", jax.devices()[:1], total_steps=200, warmup=5)
-    step = steplib.compile_step(setup)
+    step = steplib.jit_train_step(setup)
     video = moving_squares(2)
     losses = []
     for _ in range(200):
@@ -123,7 +123,7 @@ def test_each_preset_overfits_a_fixed_batch(preset):
 
 def test_step_metrics_and_ema():
     setup, state, teachers = setup_on(tiny("twlv"), "1,-1,1", jax.devices(), total_steps=10, warmup=0)
-    step = steplib.compile_step(setup)
+    step = steplib.jit_train_step(setup)
     before = jax.tree.map(np.asarray, state["ema"])
     params_before = jax.tree.map(np.asarray, state["params"]["student"])
     all_before = jax.tree.map(np.asarray, state["params"])

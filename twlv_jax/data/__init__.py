@@ -12,7 +12,7 @@ Modules, one job each:
   evaluation.py   deterministic evaluation reading (uniform, multi-clip, padded batches)
   tfds_builder.py TF-free TFDS builder (file bytes in a Tensor feature)
   encode.py       MP4 writing (libx264)
-  parallel.py     ordered map over worker processes
+  process_pool.py ordered map over worker processes
   synthetic.py    the moving-shapes video set
   prepare.py      re-encode a collection to a fixed short side and short GOP
   cli.py          `twlv data synth | build | prepare`

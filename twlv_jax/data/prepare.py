@@ -17,7 +17,7 @@ from fractions import Fraction
 from twlv_jax.data import manifest as manifest_lib
 from twlv_jax.data import transforms
 from twlv_jax.data.encode import VideoWriter
-from twlv_jax.data.parallel import map_ordered
+from twlv_jax.data.process_pool import map_ordered
 from twlv_jax.data.quarantine import Quarantine
 from twlv_jax.data.video import BadVideo, VideoReader
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from twlv_jax.data.encode import write_video
 from twlv_jax.data.manifest import write_manifest
-from twlv_jax.data.parallel import map_ordered
+from twlv_jax.data.process_pool import map_ordered
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 45, 40), "green": (45, 185, 65), "blue": (50, 85, 230)}

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from twlv_jax.data import manifest as manifest_lib
-from twlv_jax.data.parallel import map_ordered
+from twlv_jax.data.process_pool import map_ordered
 from twlv_jax.data.quarantine import Quarantine
 from twlv_jax.data.video import BadVideo, probe
 

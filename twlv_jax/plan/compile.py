@@ -1,7 +1,7 @@
 """The train step compiled for a target's devices, and what it needs per device.
 
 The state, teachers and batch are abstract (shapes and shardings, no memory); the step
-is `twlv train`'s own (train/step.py compile_step), lowered and compiled, never run.
+is `twlv train`'s own (train/step.py jit_train_step), lowered and compiled, never run.
 """
 
 from __future__ import annotations
@@ -102,14 +102,14 @@ def compile_plan(config, target: Target, devices: list) -> Plan:
     setup, video, state_bytes = prepare(config, devices)
     start = time.perf_counter()
     try:
-        compiled = steplib.compile_step(setup).lower(
+        compiled = steplib.jit_train_step(setup).lower(
             setup.abstract_state, setup.abstract_teachers, video, 0.0).compile()
     except Exception as error:  # XLA raises its own runtime error type for an OOM
         if is_oom(error):
             raise DoesNotFit(str(error).strip().splitlines()[0]) from None
         raise
     plan = Plan(target, dict(setup.mesh.shape), {**state_bytes, **_memory(compiled)},
-                flops.train_step(config, setup.objective), time.perf_counter() - start)
+                flops.step_flops(config, setup.objective), time.perf_counter() - start)
     if plan.total > target.memory:
         raise DoesNotFit(f"the step needs {size(plan.total)} per device, the target's devices "
                          f"have {size(target.memory)}", plan)

@@ -39,7 +39,7 @@ def encoder_forward(variant: str, tokens: int, patch_dim: int) -> float:
     return linear(tokens, patch_dim, s.dim) + transformer(tokens, s.dim, s.depth, s.mlp_dim)
 
 
-def train_step(config, objective: Objective) -> float:
+def step_flops(config, objective: Objective) -> float:
     """Model FLOPs of one train step over the global batch."""
     m, o = config.model, config.objective
     grid = (m.frames // m.tubelet, m.image_size // m.patch, m.image_size // m.patch)

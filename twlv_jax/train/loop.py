@@ -207,7 +207,7 @@ def compile_step(run: Run):
         (c.train.batch_size, c.model.frames, c.model.image_size, c.model.image_size, 3), jnp.uint8,
         sharding=batch_sharding(setup.mesh))
     start = time.perf_counter()
-    compiled = steplib.compile_step(setup).lower(run.state, run.teachers, video, 0.0).compile()
+    compiled = steplib.jit_train_step(setup).lower(run.state, run.teachers, video, 0.0).compile()
     memory = compiled.memory_analysis()
     in_use = ""
     if memory is not None:
@@ -385,7 +385,7 @@ def performance(run: Run) -> dict:
     peak, source = flops.peak_flops(c.model.dtype)
     if jax.devices()[0].platform != "cpu":      # CPU "devices" share one machine's cores
         peak *= jax.device_count()
-    perf = {"flops": flops.train_step(c, run.setup.objective), "peak": peak}
+    perf = {"flops": flops.step_flops(c, run.setup.objective), "peak": peak}
     log.info("%.3g model FLOPs per step; peak %.3g FLOP/s (%s)", perf["flops"], peak, source)
     return perf
 

@@ -14,7 +14,7 @@ from twlv_jax.eval.encoder import Encoder
 from twlv_jax.eval.knn import knn_accuracy
 from twlv_jax.parallel.mesh import batch_sharding
 from twlv_jax.train.state import Setup
-from twlv_jax.train.step import compile_eval
+from twlv_jax.train.step import jit_eval
 
 BATCH = 16
 
@@ -45,7 +45,7 @@ class KnnProbe:
         self.encoder = Encoder(setup.student_def, abstract,
                                setup.state_shardings["params"]["student"], setup.config,
                                setup.mesh)
-        self.evaluate = compile_eval(setup)
+        self.evaluate = jit_eval(setup)
 
     def _features(self, params, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feats, labels = [], {name: [] for name in self.labels}

@@ -100,18 +100,18 @@ class Sharded:
             return self.jitted.lower(*args)
 
 
-def compile_step(setup: Setup) -> Sharded:
+def jit_train_step(setup: Setup) -> Sharded:
     """f(state, teachers, video, poison) -> (state, metrics); the state is donated."""
     return Sharded(setup, train_step, (setup.state_shardings, replicated(setup.mesh)), scalars=1,
                    donate_argnums=0)
 
 
-def compile_eval(setup: Setup) -> Sharded:
+def jit_eval(setup: Setup) -> Sharded:
     """f(state, teachers, video, seed) -> ({term: loss}, {term: baseline})."""
     return Sharded(setup, eval_losses, replicated(setup.mesh), scalars=1)
 
 
-def compile_grads(setup: Setup) -> Sharded:
+def jit_grads(setup: Setup) -> Sharded:
     """f(state, teachers, video) -> (loss, terms, grads), without an update."""
     rep = replicated(setup.mesh)
     return Sharded(setup, loss_and_grads, (rep, rep, setup.state_shardings["params"]))
