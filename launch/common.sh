@@ -17,6 +17,10 @@ parse_args() {
   done
   if [ ${#POSITIONAL[@]} -ne 2 ]; then echo "$USAGE" >&2; exit 2; fi
   CONFIG="${POSITIONAL[0]}"; WORKDIR="${POSITIONAL[1]}"
+  # JAX's persistent compilation cache, beside the workdir (a sweep's runs share
+  # ROOT/jax_cache): a restarted, requeued or preempted job reads its compiled step back
+  # instead of compiling it again. Set on the command line, where the job runs.
+  CACHE="$(dirname "$WORKDIR")/jax_cache"
 }
 # Prints the command; runs it unless --dry_run.
 run() {

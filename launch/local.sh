@@ -3,4 +3,5 @@
 USAGE="usage: launch/local.sh [--dry_run] CONFIG[:ARGS] WORKDIR [--config.KEY=VALUE ...]"
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
-run "${TWLV:-.venv/bin/twlv}" train --config "$CONFIG" --workdir "$WORKDIR" "${OPTS[@]}"
+run env JAX_COMPILATION_CACHE_DIR="$CACHE" \
+  "${TWLV:-.venv/bin/twlv}" train --config "$CONFIG" --workdir "$WORKDIR" "${OPTS[@]}"

@@ -7,6 +7,6 @@ USAGE="usage: launch/tpu_vm.sh [--dry_run] --tpu=NAME --zone=ZONE [--repo=DIR] C
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
 : "${OPT_tpu:?--tpu=NAME is required}" "${OPT_zone:?--zone=ZONE is required}"
-COMMAND="cd ${OPT_repo:-twlv-jax} && $(printf '%q ' .venv/bin/twlv train --config "$CONFIG" \
-  --workdir "$WORKDIR" --coordinator=auto "${OPTS[@]}")"
+COMMAND="cd ${OPT_repo:-twlv-jax} && $(printf '%q ' env JAX_COMPILATION_CACHE_DIR="$CACHE" \
+  .venv/bin/twlv train --config "$CONFIG" --workdir "$WORKDIR" --coordinator=auto "${OPTS[@]}")"
 run gcloud compute tpus tpu-vm ssh "$OPT_tpu" --zone="$OPT_zone" --worker=all --command="$COMMAND"

@@ -3,8 +3,7 @@
 # and JAX finds the coordinator from the TPU environment (--coordinator=auto). The image
 # holds the repo and its venv at --repo (default /app). The workload name comes from
 # --workload or the workdir's last two folders (a sweep's and its run's): lowercase letters, digits and '-', at most 40
-# characters (XPK's limit; a longer name is cut and ends in a hash). JAX's compilation
-# cache goes beside the workdir, so a restarted pod does not compile again.
+# characters (XPK's limit; a longer name is cut and ends in a hash).
 USAGE="usage: launch/xpk.sh [--dry_run] --cluster=NAME --tpu_type=TYPE --image=IMAGE [--num_slices=N] [--workload=NAME] [--zone=ZONE] [--project=P] [--repo=DIR] CONFIG[:ARGS] WORKDIR [--config.KEY=VALUE ...]"
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
@@ -20,8 +19,7 @@ workload_name() {
   printf '%s' "$name"
 }
 NAME="$(workload_name "${OPT_workload:-$(basename "$(dirname "$WORKDIR")")-$(basename "$WORKDIR")}")"
-CACHE="$(dirname "$WORKDIR")/jax_cache"
-COMMAND="cd ${OPT_repo:-/app} && JAX_COMPILATION_CACHE_DIR=$(printf '%q' "$CACHE") $(printf '%q ' \
+COMMAND="cd ${OPT_repo:-/app} && $(printf '%q ' env JAX_COMPILATION_CACHE_DIR="$CACHE" \
   .venv/bin/twlv train --config "$CONFIG" --workdir "$WORKDIR" --coordinator=auto "${OPTS[@]}")"
 XPK=(xpk workload create --cluster "$OPT_cluster" --workload "$NAME" --docker-image "$OPT_image"
      --tpu-type "$OPT_tpu_type" --num-slices "${OPT_num_slices:-1}")
