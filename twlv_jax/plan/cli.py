@@ -103,6 +103,11 @@ def main(argv: list[str]) -> int:
                                            f"platform_device_count={target.num_devices}").strip()
             else:   # compile-only executables cannot be read back from the persistent cache
                 os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+            if target.platform == "tpu":
+                # Compile-only: JAX stays on the CPU and no chip is opened, so libtpu's
+                # one-process lock (/tmp/libtpu_lockfile) need not keep other plans out.
+                os.environ.setdefault("JAX_PLATFORMS", "cpu")
+                os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         config = cfglib.build(args.config, overrides)
     except (cfglib.ConfigError, targetlib.TargetError) as error:
         print(f"twlv plan: {' '.join(str(error).split())}", file=sys.stderr)
