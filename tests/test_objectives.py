@@ -8,9 +8,9 @@ import pytest
 from twlv_jax import config as cfglib
 from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import losses, presets
-from twlv_jax.objectives.distill import frames_to_tokens
-from twlv_jax.objectives.latent import ema_momentum
-from twlv_jax.objectives.pixel import decoder_targets, pixel_targets
+from twlv_jax.objectives.image_teacher import frames_to_tokens
+from twlv_jax.objectives.targets.latent import ema_momentum
+from twlv_jax.objectives.targets.pixel import decoder_targets, pixel_targets
 from twlv_jax.train import optim, validate
 
 PRETRAIN = "configs/pretrain.py"

@@ -45,7 +45,7 @@ from twlv_jax.eval.linear_probe import linear_probe
 from twlv_jax.eval.outputs import fail
 from twlv_jax.models import weights as weightlib
 from twlv_jax.models.teachers import normalize_for_clip
-from twlv_jax.objectives.presets import teacher_image_size
+from twlv_jax.objectives import image_teacher
 from twlv_jax.train import loop
 from twlv_jax.train.teacher import frame_embedding, pretrain_image_teacher
 
@@ -214,7 +214,7 @@ def run_demo(workdir: str, data: str, config_spec: str) -> dict:
     held_out: dict[str, dict] = {}
 
     teacher_path, trained, random_init = train_teacher(workdir, clips["train"], recipe.TEACHER)
-    variant, size = recipe.TEACHER["variant"], teacher_image_size(base)
+    variant, size = recipe.TEACHER["variant"], image_teacher.image_size(base)
     for name, params in (("image teacher, frame average", trained),
                          ("image teacher at random init", random_init)):
         features = {s: teacher_features(variant, params, clips[s], size) for s in clips}

@@ -34,6 +34,7 @@ __all__ = [
     "dtype",
     "encoder",
     "image_teacher",
+    "token_grid",
 ]
 
 
@@ -41,6 +42,12 @@ def dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def token_grid(model_cfg) -> tuple[int, int, int]:
+    """(T', H', W'): the student's token grid for the `model` config block."""
+    side = model_cfg.image_size // model_cfg.patch
+    return model_cfg.frames // model_cfg.tubelet, side, side
 
 
 def encoder(size_name: str = "B", *, seed: int = 0, **overrides) -> VideoViT:

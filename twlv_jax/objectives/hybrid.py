@@ -1,10 +1,13 @@
 """The hybrid objective: one masked student pass, every enabled target's loss, weighted sum.
 
 `Pretrainer` holds everything that is trained (student encoder + target heads).
-Teachers (image, video) and the EMA student are frozen and passed in separately.
+Teachers (image, video) and the EMA student are frozen and passed in separately. The
+targets come from `objectives.targets`; nothing here names one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -12,17 +15,12 @@ from flax import nnx
 
 from twlv_jax import models
 from twlv_jax.data.transforms import normalize
-from twlv_jax.models.teachers import clip_size, normalize_for_clip
 from twlv_jax.models.vit import VideoViT
-from twlv_jax.objectives.distill import FeatureDistill, frames_to_tokens
-from twlv_jax.objectives.latent import LatentTarget
-from twlv_jax.objectives.losses import constant_prediction, cosine_loss, l1, mse
+from twlv_jax.objectives import image_teacher, targets
+from twlv_jax.objectives.losses import constant_prediction
 from twlv_jax.objectives.masking import make_mask
-from twlv_jax.objectives.pixel import PixelTarget
-from twlv_jax.objectives.presets import Objective, teacher_image_size
-
-# VideoMAE decoder widths by encoder size (tiny and g chosen by the same proportion).
-DECODER_WIDTH = {"tiny": 32, "S": 192, "B": 384, "L": 512, "H": 640, "g": 704}
+from twlv_jax.objectives.presets import Objective
+from twlv_jax.objectives.targets import Batch, enabled
 
 
 def encoder_kwargs(model_cfg) -> dict:
@@ -41,75 +39,77 @@ def student(model_cfg, rngs: nnx.Rngs) -> VideoViT:
 
 
 class Pretrainer(nnx.Module):
-    """The student encoder and the heads of the enabled targets."""
+    """The student encoder and, under each enabled target's name, that target's head."""
 
     def __init__(self, config, objective: Objective, *, rngs: nnx.Rngs):
-        m, o = config.model, config.objective
-        size = models.SIZES[m.variant]
-        self.student = student(m, rngs)
-        grid = self.student.grid
-        common = dict(pos_embed=m.pos_embed, dtype=models.dtype(m.dtype), scan=m.scan,
-                      remat=m.remat, attention=m.attention)
-        w = objective.weights
-        tiny = m.variant == "tiny"
-        self.distill = (FeatureDistill(o.distill.layers, size.dim,
-                                       clip_size(config.teacher.variant).proj_dim,
-                                       dtype=common["dtype"], rngs=rngs)
-                        if "distill" in w else None)
-        width = o.pixel.decoder_width or DECODER_WIDTH[m.variant]
-        self.pixel = (PixelTarget(size.dim, width, o.pixel.decoder_depth, max(1, width // 64), grid,
-                                  m.tubelet, m.patch, decoder_mask_ratio=o.pixel.decoder_mask_ratio,
-                                  norm_pix=o.pixel.norm_pix, rngs=rngs, **common)
-                      if "pixel" in w else None)
-        width = o.latent.predictor_width or (64 if tiny else 384)
-        depth = o.latent.predictor_depth or (2 if tiny else 12)
-        heads = size.heads if width % size.heads == 0 else max(1, width // 64)
-        self.latent = (LatentTarget(size.dim, width, depth, heads, grid, rngs=rngs, **common)
-                       if "latent" in w else None)
-        self.video_teacher = (FeatureDistill(o.video_teacher.layers, size.dim,
-                                             models.SIZES[o.video_teacher.variant].dim,
-                                             dtype=common["dtype"], rngs=rngs)
-                              if "video_teacher" in w else None)
+        self.student = student(config.model, rngs)
+        for name, target in enabled(objective).items():
+            setattr(self, name, target.head(config, self.student, rngs=rngs))
+
+
+def uses_ema(objective: Objective) -> bool:
+    """Whether an enabled target reads an EMA copy of the student."""
+    return any(t.uses_ema for t in enabled(objective).values())
+
+
+def ema_schedule(config, objective: Objective) -> tuple[float, float]:
+    """(start, end) momentum of the EMA student."""
+    return next(t.ema_schedule(config) for t in enabled(objective).values() if t.uses_ema)
 
 
 def teachers(config, objective: Objective) -> dict[str, nnx.Module]:
     """The frozen teachers the objective needs, randomly initialised (weights load later)."""
-    m = config.model
     result = {}
-    if objective.uses_image_teacher:
-        result["image_teacher"] = models.image_teacher(
-            config.teacher.variant, image_size=clip_size(config.teacher.variant).image_size,
-            dtype=m.dtype, scan=m.scan, seed=config.seed + 1)
-    if "video_teacher" in objective.weights:
-        vt = config.objective.video_teacher
-        kwargs = encoder_kwargs(m) | dict(drop_path=0.0, remat="none", qkv_bias=vt.qkv_bias,
-                                          pos_embed=vt.pos_embed)
-        result["video_teacher"] = models.encoder(vt.variant, seed=config.seed + 2, **kwargs)
+    if image_teacher.layers_used(config, objective):
+        result["image_teacher"] = image_teacher.build(config)
+    for name, target in enabled(objective).items():
+        teacher = target.teacher(config, encoder_kwargs(config.model))
+        if teacher is not None:
+            result[name] = teacher
     return result
 
 
-def _last(depth: int, count: int) -> list[int]:
-    return list(range(depth - count, depth))
+def teacher_blocks(config, objective: Objective | None = None) -> dict[str, str]:
+    """{teacher name: the config block that names its variant and weights} of the frozen
+    teachers the objective uses, or of every teacher a target may use when None."""
+    blocks = {}
+    if objective is None or image_teacher.layers_used(config, objective):
+        blocks["image_teacher"] = "teacher"
+    candidates = enabled(objective) if objective is not None else targets.REGISTRY
+    for name, target in candidates.items():
+        if target.teacher_key:
+            blocks[name] = target.teacher_key
+    return blocks
 
 
-# The loss of each target between its prediction and its target.
-LOSS_FNS = {"distill": cosine_loss, "pixel": mse, "latent": l1, "video_teacher": cosine_loss}
+def config_block(config, key: str):
+    """The config block at a dotted key."""
+    return functools.reduce(lambda block, part: block[part], key.split("."), config)
 
 
 def losses(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
            video: jax.Array, rng: jax.Array, objective: Objective, config) -> dict[str, jax.Array]:
     """Every enabled target's loss for a batch of uint8 clips (B, T, H, W, 3)."""
-    return loss_terms(predictions(model, frozen, ema_student, video, rng, objective, config))
+    return loss_terms(predictions(model, frozen, ema_student, video, rng, objective, config),
+                      objective)
 
 
-def loss_terms(pairs: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
+def loss_terms(pairs: dict[str, tuple[jax.Array, jax.Array]],
+               objective: Objective) -> dict[str, jax.Array]:
     """Each target's loss from its (prediction, target)."""
-    return {name: LOSS_FNS[name](*pair) for name, pair in pairs.items()}
+    targets = enabled(objective)
+    terms = {}
+    for name, pair in pairs.items():
+        with jax.named_scope(f"loss/{name}"):
+            terms[name] = targets[name].loss(*pair)
+    return terms
 
 
-def baselines(pairs: dict[str, tuple[jax.Array, jax.Array]]) -> dict[str, jax.Array]:
+def baselines(pairs: dict[str, tuple[jax.Array, jax.Array]],
+              objective: Objective) -> dict[str, jax.Array]:
     """Each target's trivial baseline: the loss of predicting the mean of its targets."""
-    return {name: LOSS_FNS[name](constant_prediction(target), target)
+    targets = enabled(objective)
+    return {name: targets[name].loss(constant_prediction(target), target)
             for name, (_, target) in pairs.items()}
 
 
@@ -119,52 +119,35 @@ def predictions(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: V
     """{target: (prediction, target)} of every enabled target for uint8 clips (B, T, H, W, 3).
 
     `train=False` turns stochastic depth off (held-out evaluation)."""
-    batch = video.shape[0]
+    targets = enabled(objective)
     student_model = model.student
-    r_mask, r_drop, r_decoder = jax.random.split(rng, 3)
+    r_mask, r_drop, r_target = jax.random.split(rng, 3)
     grid = student_model.grid_of(video.shape)
-    tubelet = student_model.tubelet
-    x = normalize(video, jnp.float32)
+    with jax.named_scope("input"):
+        x = normalize(video, jnp.float32)
 
     attention = teacher_layers = None
-    if objective.uses_image_teacher:
-        teacher = frozen["image_teacher"]
-        frames = normalize_for_clip(video, teacher_image_size(config))
-        count = config.objective.distill.layers if "distill" in objective.weights else 1
-        out = jax.lax.stop_gradient(teacher.features(frames, count))
-        # (B*T, H'W') -> (B, T', t, H'W') -> mean over each tubelet's frames: (B, T', H'W')
-        attention = out["cls_attention"].reshape(batch, grid[0], tubelet, -1).mean(axis=2)
-        teacher_layers = frames_to_tokens(out["layers"], batch, tubelet)    # (L, B, N, P)
+    if count := image_teacher.layers_used(config, objective):
+        with jax.named_scope("image_teacher"):
+            attention, teacher_layers = image_teacher.features(
+                frozen["image_teacher"], video, config, count, grid, student_model.tubelet)
 
-    keep, masked = make_mask(objective.mask_kind, r_mask, batch, grid, objective.mask_ratio,
-                             attention)
-    depth = student_model.depth
-    wanted = {}
-    for name in ("distill", "video_teacher"):
-        if name in objective.weights:
-            wanted[name] = _last(depth, config.objective[name].layers)
-    collect = sorted({i for layers in wanted.values() for i in layers})
-    out = student_model(x, keep=keep, layers=collect, rng=r_drop if train else None)
+    with jax.named_scope("mask"):
+        keep, masked = make_mask(objective.mask_kind, r_mask, video.shape[0], grid,
+                                 objective.mask_ratio, attention)
+    collect = sorted({i for t in targets.values()
+                      for i in t.student_layers(config, student_model.depth)})
+    with jax.named_scope("student"):
+        out = student_model(x, keep=keep, layers=collect, rng=r_drop if train else None)
 
-    def student_layers(name):
-        return jnp.stack([student_model.norm(out["layers"][i]) for i in wanted[name]])
-
+    batch = Batch(video=video, x=x, keep=keep, masked=masked, grid=grid, student=student_model,
+                  tokens=out["tokens"], layers=out["layers"],
+                  frozen=dict(frozen, ema_student=ema_student) if ema_student else frozen,
+                  image_teacher_layers=teacher_layers, rng=r_target, config=config)
     pairs = {}
-    if "distill" in objective.weights:
-        pairs["distill"] = model.distill.predict(student_layers("distill"), teacher_layers, keep)
-    if "pixel" in objective.weights:
-        video01 = video.astype(jnp.float32) / 255.0
-        pairs["pixel"] = model.pixel.predict(out["tokens"], keep, masked, video01, r_decoder, grid)
-    if "latent" in objective.weights:
-        ema_tokens = jax.lax.stop_gradient(ema_student(x)["tokens"])
-        pairs["latent"] = model.latent.predict(out["tokens"], keep, masked, ema_tokens, grid)
-    if "video_teacher" in objective.weights:
-        teacher = frozen["video_teacher"]
-        layers = _last(teacher.depth, config.objective.video_teacher.layers)
-        t_out = teacher(x, layers=layers)
-        t_layers = jax.lax.stop_gradient(jnp.stack([teacher.norm(t_out["layers"][i]) for i in layers]))
-        pairs["video_teacher"] = model.video_teacher.predict(student_layers("video_teacher"),
-                                                             t_layers, keep)
+    for name, target in targets.items():
+        with jax.named_scope(f"target/{name}"):
+            pairs[name] = target.predict(getattr(model, name), batch)
     return pairs
 
 

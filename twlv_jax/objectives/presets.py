@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from twlv_jax.models.teachers import CLIP_SIZES, clip_size
-from twlv_jax.models.vit import SIZES
+from twlv_jax import models
+from twlv_jax.objectives import image_teacher, targets
 from twlv_jax.objectives.masking import KINDS, num_visible
-
-TARGETS = ("distill", "pixel", "latent", "video_teacher")
 
 PRESETS = {
     # TWLV-I: image-teacher distillation plus pixel and latent reconstruction.
@@ -29,11 +27,7 @@ PRESETS = {
 class Objective:
     mask_kind: str
     mask_ratio: float
-    weights: dict[str, float]          # enabled targets only (weight > 0)
-
-    @property
-    def uses_image_teacher(self) -> bool:
-        return "distill" in self.weights or self.mask_kind == "attention"
+    weights: dict[str, float]          # enabled targets only (weight > 0), in registry order
 
 
 def resolve(objective) -> Objective:
@@ -45,7 +39,7 @@ def resolve(objective) -> Objective:
     kind = objective.mask.kind if objective.mask.kind is not None else preset["mask"][0]
     ratio = objective.mask.ratio if objective.mask.ratio is not None else preset["mask"][1]
     weights = {}
-    for name in TARGETS:
+    for name in targets.REGISTRY:
         weight = objective[name].weight
         weight = preset.get(name, 0.0) if weight is None else weight
         if weight < 0:
@@ -54,19 +48,14 @@ def resolve(objective) -> Objective:
             weights[name] = float(weight)
     if not weights:
         raise ValueError("all objective weights are zero: set objective.<target>.weight > 0 for one "
-                         f"of {', '.join(TARGETS)}, or choose a preset ({', '.join(sorted(PRESETS))})")
+                         f"of {', '.join(targets.REGISTRY)}, or choose a preset "
+                         f"({', '.join(sorted(PRESETS))})")
     if kind is None or ratio is None:
         raise ValueError("objective.mask.kind and objective.mask.ratio must be set when "
                          "objective.preset is 'none'")
     if kind not in KINDS:
         raise ValueError(f"objective.mask.kind: unknown mask {kind!r}; expected one of {list(KINDS)}")
     return Objective(kind, float(ratio), weights)
-
-
-def teacher_image_size(config) -> int:
-    """The teacher's input size: given, or the student's patch grid times the teacher's patch."""
-    grid = config.model.image_size // config.model.patch
-    return config.teacher.image_size or grid * clip_size(config.teacher.variant).patch
 
 
 def check(config) -> list[str]:
@@ -76,8 +65,7 @@ def check(config) -> list[str]:
     except ValueError as e:
         return [str(e)]
     problems = []
-    m = config.model
-    grid = (m.frames // m.tubelet, m.image_size // m.patch, m.image_size // m.patch)
+    grid = models.token_grid(config.model)
     total = grid[0] * grid[1] * grid[2]
     ratio = objective.mask_ratio
     visible = num_visible(objective.mask_kind, grid, ratio) if 0 <= ratio <= 1 else total * (ratio < 0)
@@ -87,30 +75,8 @@ def check(config) -> list[str]:
                         "lower it below 1")
     elif visible >= total:
         problems.append(f"objective.mask.ratio {ratio} masks no tokens of {total} {where}: raise it")
-    if objective.uses_image_teacher:
-        try:
-            teacher = clip_size(config.teacher.variant)
-        except ValueError as e:
-            problems.append(f"teacher.variant: {e}")
-        else:
-            size = teacher_image_size(config)
-            if size % teacher.patch or size // teacher.patch != grid[1]:
-                problems.append(
-                    f"teacher.image_size {size} with patch {teacher.patch} gives a "
-                    f"{size // teacher.patch}x{size // teacher.patch} grid but the student has "
-                    f"{grid[1]}x{grid[2]}: set teacher.image_size={grid[1] * teacher.patch} (or 0)")
-    student_depth = SIZES[m.variant].depth if m.variant in SIZES else 0
-    teacher_depth = {"distill": clip_size(config.teacher.variant).depth
-                     if config.teacher.variant in CLIP_SIZES else 0}
-    video_variant = config.objective.video_teacher.variant
-    if "video_teacher" in objective.weights:
-        if video_variant not in SIZES:
-            problems.append(f"objective.video_teacher.variant must be one of {list(SIZES)} when its "
-                            f"weight is > 0, got {video_variant!r}")
-        teacher_depth["video_teacher"] = SIZES[video_variant].depth if video_variant in SIZES else 0
-    for name in ("distill", "video_teacher"):
-        layers, limit = config.objective[name].layers, min(student_depth, teacher_depth.get(name, 0))
-        if name in objective.weights and limit and not 1 <= layers <= limit:
-            problems.append(f"objective.{name}.layers must be between 1 and {limit} (the shallower "
-                            f"of student and teacher), got {layers}")
+    if image_teacher.layers_used(config, objective):
+        problems += image_teacher.check(config, grid)
+    for target in targets.enabled(objective).values():
+        problems += target.check(config)
     return problems

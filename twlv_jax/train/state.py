@@ -82,7 +82,7 @@ def build(config, mesh: Mesh, *, total_steps: int, warmup_steps: int) -> Setup:
                 "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
                 "params": params, "opt": opt}
     shardings = {"step": whole, "rng": whole, "params": param_sh, "opt": opt_sh}
-    if "latent" in objective.weights:
+    if hybrid.uses_ema(objective):
         abstract["ema"], shardings["ema"] = params["student"], param_sh["student"]
 
     teacher_defs, abstract_teachers, teacher_sh = {}, {}, {}

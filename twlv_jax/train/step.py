@@ -10,7 +10,7 @@ import optax
 from flax import nnx
 
 from twlv_jax.objectives import hybrid
-from twlv_jax.objectives.latent import ema_momentum, ema_update
+from twlv_jax.objectives.targets.latent import ema_momentum, ema_update
 from twlv_jax.parallel.mesh import batch_sharding, replicated
 from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
@@ -57,14 +57,15 @@ def eval_losses(setup: Setup, state: dict, teachers: dict, video: jax.Array, see
     model = nnx.merge(setup.model_def, state["params"])
     pairs = hybrid.predictions(model, frozen, ema, video, rng, setup.objective, setup.config,
                                train=False)
-    return hybrid.loss_terms(pairs), hybrid.baselines(pairs)
+    return hybrid.loss_terms(pairs, setup.objective), hybrid.baselines(pairs, setup.objective)
 
 
 def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison):
     """One optimizer step. Returns (new state, metrics)."""
     loss, terms, grads = loss_and_grads(setup, state, teachers, video, poison)
-    updates, opt = setup.tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    with jax.named_scope("optimizer"):
+        updates, opt = setup.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
     # update_norm: the norm of the parameters' change, new - old (reading the updates once
     # more instead would keep them in memory: a 1.2x slower optimizer update on CPU).
@@ -73,9 +74,10 @@ def train_step(setup: Setup, state: dict, teachers: dict, video: jax.Array, pois
                "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                "update_norm": optax.tree.norm(change), "lr": setup.lr(state["step"])}
     if "ema" in state:
-        latent = setup.config.objective.latent
-        momentum = ema_momentum(state["step"], setup.total_steps, latent.ema_start, latent.ema_end)
-        new_state["ema"] = ema_update(state["ema"], params["student"], momentum)
+        start, end = hybrid.ema_schedule(setup.config, setup.objective)
+        momentum = ema_momentum(state["step"], setup.total_steps, start, end)
+        with jax.named_scope("ema_update"):
+            new_state["ema"] = ema_update(state["ema"], params["student"], momentum)
         metrics["ema_momentum"] = momentum
     return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 

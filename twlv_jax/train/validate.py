@@ -14,16 +14,16 @@ from safetensors import safe_open
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
 from twlv_jax.models.layers import IMPLEMENTATIONS, REMAT_POLICIES
-from twlv_jax.models.posembed import TABLES
+from twlv_jax.models.posembed import kinds as pos_kinds
 from twlv_jax.models.vit import SIZES
-from twlv_jax.objectives import presets
+from twlv_jax.objectives import hybrid, presets
 from twlv_jax.parallel.sharding import RULES
 
 DURATIONS = ("train.steps", "train.ckpt_every", "train.probe_every", "optim.warmup")
 CHOICES = {
     "model.variant": list(SIZES), "model.dtype": list(DTYPES),
     "model.remat": ["none", *REMAT_POLICIES], "model.qkv_bias": ["all", "qv", "none"],
-    "model.pos_embed": list(TABLES), "model.attention": list(IMPLEMENTATIONS[1:]),
+    "model.pos_embed": pos_kinds(), "model.attention": list(IMPLEMENTATIONS[1:]),
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
     "train.inject_nan_into": ["loss", "grads"],
 }
@@ -111,9 +111,9 @@ def _check_probe_path(path: str) -> list[str]:
 def check_files(config) -> None:
     """The files a run opens late (after data start-up, state init or compilation) are
     there and readable now. Raises ConfigError listing every problem."""
-    problems = _check_weights_file("teacher.weights", config.teacher.weights)
-    problems += _check_weights_file("objective.video_teacher.weights",
-                                    config.objective.video_teacher.weights)
+    problems = []
+    for key in hybrid.teacher_blocks(config).values():
+        problems += _check_weights_file(f"{key}.weights", hybrid.config_block(config, key).weights)
     problems += _check_probe_path(config.train.probe_path)
     if config.init_from and not os.path.exists(config.init_from):
         problems.append(f"init_from={config.init_from!r}: no such workdir or checkpoints folder")
@@ -151,15 +151,13 @@ def validate(config, num_devices: int) -> None:
 
 
 def _random_teachers(config) -> list[tuple[str, str, str]]:
-    """(name, variant, weights key) of every frozen teacher the objective uses without weights."""
-    objective = presets.resolve(config.objective)
-    video = config.objective.video_teacher
-    teachers = [("image teacher", objective.uses_image_teacher, config.teacher.variant,
-                 config.teacher.weights, "teacher.weights"),
-                ("video teacher", "video_teacher" in objective.weights, video.variant,
-                 video.weights, "objective.video_teacher.weights")]
-    return [(name, variant, key) for name, used, variant, weights, key in teachers
-            if used and not weights]
+    """(name, variant, config block) of every frozen teacher the objective uses without weights."""
+    result = []
+    for name, key in hybrid.teacher_blocks(config, presets.resolve(config.objective)).items():
+        block = hybrid.config_block(config, key)
+        if not block.weights:
+            result.append((name.replace("_", " "), block.variant, key))
+    return result
 
 
 def teacher_warning(config) -> str | None:
@@ -170,18 +168,17 @@ def teacher_warning(config) -> str | None:
     for name, variant, key in random:
         if variant != "tiny" and not config.teacher.allow_random:
             raise ConfigError(
-                f"the objective uses the {name} ({variant}) but {key} is empty, so it would "
-                "be randomly initialised and the targets meaningless. Give "
-                f"--config.{key}=PATH (a local file), or set "
+                f"the objective uses the {name} ({variant}) but {key}.weights is empty, so it "
+                "would be randomly initialised and the targets meaningless. Give "
+                f"--config.{key}.weights=PATH (a local file), or set "
                 "--config.teacher.allow_random=true for a smoke test.")
     if not random:
         return None
     width = 78
     lines = []
     for name, variant, key in random:
-        variant_key = "teacher.variant" if key == "teacher.weights" else "objective.video_teacher.variant"
         lines += [f"THE {name.upper()} IS RANDOMLY INITIALISED", *textwrap.wrap(
-            f"{variant_key}={variant} with no {key}: its targets"
+            f"{key}.variant={variant} with no {key}.weights: its targets"
             + (" and attention masks" if name == "image teacher" else "")
             + " come from random features. Fine for smoke tests; useless for real "
             "pretraining.", width - 6)]

@@ -10,8 +10,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from twlv_jax import models
+from twlv_jax.models import flops
 from twlv_jax.models.heads import MaskedPredictor
 from twlv_jax.models.vit import patchify
+from twlv_jax.objectives.losses import mse
+from twlv_jax.objectives.targets.base import Batch, Target, Tokens
+
+# VideoMAE decoder widths by encoder size (tiny and g chosen by the same proportion).
+DECODER_WIDTH = {"tiny": 32, "S": 192, "B": 384, "L": 512, "H": 640, "g": 704}
 
 
 def pixel_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool) -> jax.Array:
@@ -56,3 +63,42 @@ class PixelTarget(nnx.Module):
         pixels = pixel_targets(video01, self.tubelet, self.patch, self.norm_pix)
         pixels = jnp.take_along_axis(pixels, targets[..., None], axis=1)     # (B, M', t*p*p*3)
         return prediction, jax.lax.stop_gradient(pixels)
+
+
+def decoder_width(config) -> int:
+    """`objective.pixel.decoder_width`, or VideoMAE's width for the student's size when 0."""
+    return config.objective.pixel.decoder_width or DECODER_WIDTH[config.model.variant]
+
+
+def decoded_tokens(config, masked: int) -> int:
+    """How many of `masked` tokens the decoder reconstructs (all but the decoder-masked share)."""
+    return masked - int(config.objective.pixel.decoder_mask_ratio * masked)
+
+
+class Pixel(Target):
+    name = "pixel"
+    loss = staticmethod(mse)
+    state_keys = ("decoder_width", "decoder_depth")
+
+    def head(self, config, student, *, rngs):
+        m, o = config.model, config.objective.pixel
+        width = decoder_width(config)
+        return PixelTarget(student.dim, width, o.decoder_depth, max(1, width // 64), student.grid,
+                           m.tubelet, m.patch, decoder_mask_ratio=o.decoder_mask_ratio,
+                           norm_pix=o.norm_pix, pos_embed=m.pos_embed, dtype=models.dtype(m.dtype),
+                           scan=m.scan, remat=m.remat, attention=m.attention, rngs=rngs)
+
+    def predict(self, head, batch: Batch):
+        video01 = batch.video.astype(jnp.float32) / 255.0
+        return head.predict(batch.tokens, batch.keep, batch.masked, video01, batch.rng, batch.grid)
+
+    def flops(self, config, tokens: Tokens):
+        width, dim = decoder_width(config), models.SIZES[config.model.variant].dim
+        decoded = decoded_tokens(config, tokens.total - tokens.visible)
+        return (flops.linear(tokens.visible, dim, width)
+                + flops.transformer(tokens.visible + decoded, width,
+                                    config.objective.pixel.decoder_depth, 4 * width)
+                + flops.linear(decoded, width, tokens.patch_dim)), 0.0
+
+
+TARGET = Pixel()
