@@ -385,7 +385,7 @@ def hf_config(case: Case):
     from transformers import VideoMAEConfig
 
     from twlv_jax.models.vit import SIZES
-    from twlv_jax.objectives.hybrid import DECODER_WIDTH
+    from twlv_jax.objectives.targets.pixel import DECODER_WIDTH
     s = SIZES[case.size]
     width = DECODER_WIDTH[case.size]
     heads = HF_DECODER.get(case.size, (width, max(1, width // 64)))[1]
