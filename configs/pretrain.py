@@ -35,7 +35,7 @@ def get_config(arg=None):
         drop_path=0.0 if tiny else 0.1,
         qkv_bias="all",                            # all | qv (VideoMAE) | none
         layerscale=0.0,                            # 0 disables; 1e-5 is a usual init
-        pos_embed="sincos3d",                      # sincos3d | sincos1d (VideoMAE layout)
+        pos_embed="sincos3d",                      # sincos3d | sincos1d (VideoMAE) | rope3d (V-JEPA 2)
         attention="auto",                          # auto (cudnn on GPUs, blockwise on CPUs) | xla
     ))
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from twlv_jax.models import rope as rotary
 from twlv_jax.models.attention import blockwise_attention
 from twlv_jax.parallel.sharding import constrain, partitioned
 
@@ -189,8 +190,12 @@ class Attention(nnx.Module):
         names = ("batch", "tokens", "act_heads", None)
         return constrain(q, names), constrain(k, names), constrain(v, names)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v = (t.astype(self.dtype) for t in self.project_qkv(x))
+    def __call__(self, x: jax.Array, rope: jax.Array | None = None) -> jax.Array:
+        """x (B, N, D); `rope` (2, B|1, N, Dh): rotary positions for q and k (`rope.gather`)."""
+        q, k, v = self.project_qkv(x)
+        if rope is not None:
+            q, k = rotary.rotate(q, rope), rotary.rotate(k, rope)
+        q, k, v = (t.astype(self.dtype) for t in (q, k, v))
         impl = self.implementation
         if impl == "auto":
             backend = jax.default_backend()
@@ -245,9 +250,10 @@ class Block(nnx.Module):
         self.gamma1 = param(rngs, (dim,), (None,), init) if layerscale else None
         self.gamma2 = param(rngs, (dim,), (None,), init) if layerscale else None
 
-    def __call__(self, x: jax.Array, rate=0.0, rng: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, rate=0.0, rng: jax.Array | None = None,
+                 rope: jax.Array | None = None) -> jax.Array:
         rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
-        h = self.attn(self.norm1(x))
+        h = self.attn(self.norm1(x), rope)
         if self.gamma1 is not None:
             h = h * self.gamma1[...]
         x = x + drop_path(h, rate, rngs[0])
@@ -283,8 +289,12 @@ class Transformer(nnx.Module):
         return nnx.merge(graphdef, jax.tree.map(lambda a: a[index], stacked))
 
     def __call__(self, x: jax.Array, *, rng: jax.Array | None = None,
-                 collect: Sequence[int] = ()) -> tuple[jax.Array, dict[int, jax.Array]]:
-        """Runs all blocks on x (B, N, D); returns (output, {layer index: that layer's output})."""
+                 collect: Sequence[int] = (),
+                 rope: jax.Array | None = None) -> tuple[jax.Array, dict[int, jax.Array]]:
+        """Runs all blocks on x (B, N, D); returns (output, {layer index: that layer's output}).
+
+        `rope`: rotary positions of the tokens, applied to q and k in every block.
+        """
         collect = sorted({i % self.depth for i in collect})
         graphdef, stacked = nnx.split(self.blocks)
         rates = jnp.asarray(self.drop_rates, F32)
@@ -293,7 +303,7 @@ class Transformer(nnx.Module):
         def apply(x, layer_inputs):
             params, rate, key = layer_inputs
             x = constrain(x, ("batch", "tokens", "act_embed"))
-            return nnx.merge(graphdef, params)(x, rate, key), None
+            return nnx.merge(graphdef, params)(x, rate, key, rope), None
 
         if self.remat != "none":
             apply = jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat])

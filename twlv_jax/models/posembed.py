@@ -1,4 +1,5 @@
-"""Fixed sin-cos position embeddings (3D separable, or VideoMAE's 1D) and resampling."""
+"""Position kinds: fixed sin-cos tables added to the tokens (3D separable, or VideoMAE's 1D),
+with resampling, or 3-D rotary positions applied in attention (`rope.py`)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,23 @@ def videomae_sincos(dim: int, grid: tuple[int, int, int]) -> np.ndarray:
 
 
 TABLES = {"sincos3d": sincos_3d, "sincos1d": videomae_sincos}
+ROTARY = "rope3d"   # V-JEPA 2's rotary positions: no table, q and k are rotated (rope.py)
+
+
+def kinds() -> list[str]:
+    """The values of `model.pos_embed`."""
+    return [*TABLES, ROTARY]
+
+
+def check(kind: str) -> str:
+    if kind not in kinds():
+        raise ValueError(f"pos_embed must be one of {kinds()}, got {kind!r}")
+    return kind
 
 
 def fixed(kind: str, dim: int, grid: tuple[int, int, int]) -> np.ndarray:
-    if kind not in TABLES:
-        raise ValueError(f"pos_embed must be one of {sorted(TABLES)}, got {kind!r}")
+    if check(kind) == ROTARY:
+        raise ValueError("pos_embed=rope3d has no table: it rotates queries and keys")
     return TABLES[kind](dim, grid)
 
 

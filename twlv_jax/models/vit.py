@@ -1,4 +1,5 @@
-"""The video encoder: tubelet embedding, fixed 3D sin-cos positions, a plain ViT, pooling."""
+"""The video encoder: tubelet embedding, positions (sin-cos tables or 3-D rotary), a plain ViT,
+pooling."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from twlv_jax.models import posembed
+from twlv_jax.models import posembed, rope
 from twlv_jax.models.layers import F32, Attention, Dense, LayerNorm, Mlp, Transformer, matmul, param
 from twlv_jax.parallel.sharding import constrain
 
@@ -82,7 +83,9 @@ class VideoViT(nnx.Module):
     """Plain ViT over tubelets of a clip (B, T, H, W, 3) -> tokens, pooled embedding.
 
     With `keep` (B, K) token indices, only those tokens are embedded and processed (the
-    visible-token path of masked pretraining). Tokens are ordered (t, h, w).
+    visible-token path of masked pretraining). Tokens are ordered (t, h, w). `pos_embed`:
+    sincos3d | sincos1d add a fixed table to the tokens; rope3d rotates queries and keys in
+    every block (V-JEPA 2, `rope.py`).
     """
 
     def __init__(self, *, dim: int, depth: int, heads: int, mlp_dim: int, frames: int = 16,
@@ -95,9 +98,10 @@ class VideoViT(nnx.Module):
                              f"{tubelet}x{patch}x{patch} tubelets")
         if pool not in ("mean", "attentive"):
             raise ValueError(f"pool must be 'mean' or 'attentive', got {pool!r}")
-        posembed.fixed(pos_embed, dim, (1, 1, 1))   # validates the kind early
         self.dim, self.depth, self.heads = dim, depth, heads
-        self.tubelet, self.patch, self.pos_embed = tubelet, patch, pos_embed
+        self.tubelet, self.patch, self.pos_embed = tubelet, patch, posembed.check(pos_embed)
+        if pos_embed == posembed.ROTARY:
+            rope.tables((1, 1, 1), dim // heads)   # validates the head width early
         self.grid = (frames // tubelet, image_size // patch, image_size // patch)
         self.patch_embed = Dense(tubelet * patch * patch * 3, dim, (None, "embed"),
                                  dtype=dtype, rngs=rngs)
@@ -123,16 +127,26 @@ class VideoViT(nnx.Module):
         table = posembed.resample_for(self.pos_embed, self.dim, self.grid, grid)
         return table.reshape(-1, self.dim)
 
+    def rope(self, grid: tuple[int, int, int], keep: jax.Array | None = None) -> jax.Array | None:
+        """Rotary positions (2, B|1, N|K, Dh) of the tokens of `grid` (at `keep`), or None when
+        positions are a table. Rotary positions follow the input's grid: none is resampled."""
+        if self.pos_embed != posembed.ROTARY:
+            return None
+        return rope.gather(rope.tables(grid, self.dim // self.heads), keep)
+
     def embed(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """(B, T, H, W, 3) -> (B, N or K, D) tubelet embeddings plus positions."""
+        """(B, T, H, W, 3) -> (B, N or K, D) tubelet embeddings plus table positions, if any."""
         grid = self.grid_of(video.shape)
         patches = patchify(video, self.tubelet, self.patch)
         patches = patches.reshape(video.shape[0], -1, patches.shape[-1])   # (B, N, t*p*p*3)
+        if keep is not None:
+            patches = gather_tokens(patches, keep)
+        x = self.patch_embed(patches)
+        if self.pos_embed == posembed.ROTARY:
+            return x
         table = self.pos_table(grid)
         pos = jnp.broadcast_to(table, (video.shape[0], *table.shape))      # (B, N, D)
-        if keep is not None:
-            patches, pos = gather_tokens(patches, keep), gather_tokens(pos, keep)
-        return self.patch_embed(patches) + pos
+        return x + (pos if keep is None else gather_tokens(pos, keep))
 
     def __call__(self, video: jax.Array, *, keep: jax.Array | None = None,
                  layers: Sequence[int] = (), rng: jax.Array | None = None) -> dict:
@@ -143,7 +157,8 @@ class VideoViT(nnx.Module):
         `rng` enables stochastic depth (training); None is deterministic.
         """
         x = constrain(self.embed(video, keep), ("batch", "tokens", "act_embed"))
-        x, outputs = self.blocks(x, rng=rng, collect=layers)
+        x, outputs = self.blocks(x, rng=rng, collect=layers,
+                                 rope=self.rope(self.grid_of(video.shape), keep))
         tokens = self.norm(x)
         pooled = self.pooler(tokens) if self.pooler is not None else tokens.mean(axis=1)
         return {"tokens": tokens, "pooled": pooled, "layers": outputs}

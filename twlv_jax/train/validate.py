@@ -14,7 +14,7 @@ from safetensors import safe_open
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
 from twlv_jax.models.layers import IMPLEMENTATIONS, REMAT_POLICIES
-from twlv_jax.models.posembed import TABLES
+from twlv_jax.models.posembed import kinds as pos_kinds
 from twlv_jax.models.vit import SIZES
 from twlv_jax.objectives import hybrid, presets
 from twlv_jax.parallel.sharding import RULES
@@ -23,7 +23,7 @@ DURATIONS = ("train.steps", "train.ckpt_every", "train.probe_every", "optim.warm
 CHOICES = {
     "model.variant": list(SIZES), "model.dtype": list(DTYPES),
     "model.remat": ["none", *REMAT_POLICIES], "model.qkv_bias": ["all", "qv", "none"],
-    "model.pos_embed": list(TABLES), "model.attention": list(IMPLEMENTATIONS[1:]),
+    "model.pos_embed": pos_kinds(), "model.attention": list(IMPLEMENTATIONS[1:]),
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
     "train.inject_nan_into": ["loss", "grads"],
 }
