@@ -15,7 +15,16 @@ from conftest import train_tiny  # noqa: E402
 
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic  # noqa: E402
 from twlv_jax.eval.encoder import abstract_student, load_encoder  # noqa: E402
-from twlv_jax.export import export_cli, files, hf_clip, import_cli, parity, student, videomae  # noqa: E402
+from twlv_jax.export import (  # noqa: E402
+    export_cli,
+    files,
+    hf_clip,
+    import_cli,
+    parity,
+    student,
+    videomae,
+    vjepa2,
+)
 from twlv_jax.export.table import ConversionError, export_params, import_params  # noqa: E402
 from twlv_jax.train import checkpoint as ckptlib  # noqa: E402
 
@@ -214,6 +223,91 @@ def test_strict_import_names_missing_unexpected_and_misshaped_keys(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("twlv import: ") and "missing layernorm.bias (64,)" in err
     assert err.count("\n") == 1 and not os.path.exists(out)
+
+
+TINY_VJEPA2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4.0,
+                   crop_size=32, patch_size=8, frames_per_clip=8, tubelet_size=2,
+                   pred_hidden_size=32, pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                   pred_num_mask_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def hf_vjepa2(tmp_path_factory):
+    """A VJEPA2Model folder at random init, every parameter perturbed (biases too)."""
+    folder = tmp_path_factory.mktemp("vjepa2") / "hf"
+    torch.manual_seed(5)
+    model = transformers.VJEPA2Model(transformers.VJEPA2Config(**TINY_VJEPA2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return str(folder), model.eval()
+
+
+@pytest.fixture(scope="module")
+def imported_vjepa2(hf_vjepa2, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("vjepa2") / "imported")
+    assert import_cli.main(["vjepa2", "--input", hf_vjepa2[0], "--output", out]) == 0
+    return out
+
+
+def vjepa2_tokens(model, video):
+    with torch.no_grad():
+        return model(pixel_values_videos=torch.from_numpy(parity.normalized(video)),
+                     skip_predictor=True).last_hidden_state.numpy()
+
+
+def test_import_vjepa2_reproduces_hugging_face(hf_vjepa2, imported_vjepa2):
+    folder, hf_model = hf_vjepa2
+    with open(os.path.join(imported_vjepa2, "import_report.json")) as f:
+        report = json.load(f)
+    assert report["parity"]["passed"] and report["parity"]["form"] == "vjepa2"
+    assert report["ignored"] == ["23 keys of pretraining/classification heads (predictor)"]
+    assert any("pos_embed=rope3d" in note for note in report["notes"])
+    encoder = load_encoder(imported_vjepa2)
+    assert (encoder.config.model.pos_embed, encoder.config.model.qkv_bias) == ("rope3d", "all")
+    # at the config's size, and with fewer frames (rotary positions need no table)
+    for video in (clips(seed=6), clips(seed=7)[:, :4]):
+        np.testing.assert_allclose(encoder(video, tokens=True)["tokens"],
+                                   vjepa2_tokens(hf_model, video), atol=1e-5, rtol=0)
+    # the table works both ways: theirs -> ours -> theirs gives the same arrays
+    config, params = student.read(imported_vjepa2)
+    back = export_params(params, vjepa2.rules(config.model, set(params)))
+    state = files.read_state(folder)
+    assert sorted(back) == sorted(k for k in state if k.startswith("encoder."))
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, state[key])
+    # init_from reads the student strictly
+    _, abstract, _ = abstract_student(config)
+    _, lines = ckptlib.load_params(imported_vjepa2, {"student": abstract})
+    assert lines[0].startswith("loaded 16 of 16 parameter arrays")
+
+
+def test_rope3d_exports_as_the_custom_model(imported_vjepa2, hf_vjepa2, tmp_path, capsys):
+    out = str(tmp_path / "custom")
+    assert export_cli.main(["hf", "--checkpoint", imported_vjepa2, "--output", out]) == 0
+    assert ("form: custom: VideoMAEModel cannot express it: pos_embed=rope3d"
+            in capsys.readouterr().out)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["pos_embed"] == "rope3d"
+    model, info = transformers.AutoModel.from_pretrained(out, trust_remote_code=True,
+                                                         output_loading_info=True)
+    assert not any(info.values()), info
+    encoder = load_encoder(imported_vjepa2)
+    # the custom model computes what ours computes, at the config's size and at another
+    for video in (clips(seed=8), np.random.default_rng(9).integers(0, 256, (1, 4, 16, 24, 3),
+                                                                   dtype=np.uint8)):
+        ours = encoder(video, tokens=True)
+        with torch.no_grad():
+            result = model.eval()(pixel_values=torch.from_numpy(parity.normalized(video)))
+        np.testing.assert_allclose(result.last_hidden_state.numpy(), ours["tokens"], atol=1e-5,
+                                   rtol=0)
+        np.testing.assert_allclose(result.pooler_output.numpy(), ours["pooled"], atol=1e-5, rtol=0)
+    # and so what V-JEPA 2 computes
+    video = clips(seed=10)
+    with torch.no_grad():
+        tokens = model(pixel_values=torch.from_numpy(parity.normalized(video))).last_hidden_state
+    np.testing.assert_allclose(tokens.numpy(), vjepa2_tokens(hf_vjepa2[1], video), atol=1e-5, rtol=0)
 
 
 def test_import_clip_into_the_image_teacher(tmp_path):

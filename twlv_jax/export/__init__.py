@@ -1,8 +1,9 @@
 """Weights in and out of our models, by name-mapping tables (docs/export.md).
 
     table.py           rules (ours <-> external keys, a transform each way), strict import
-    encoder_tables.py  our encoder <-> VideoMAEModel keys, <-> PyTorch (timm) names
+    encoder_tables.py  our encoder <-> VideoMAEModel / VJEPA2Model keys, <-> PyTorch (timm) names
     videomae.py        VideoMAE: what it can express, its config, key renames
+    vjepa2.py          V-JEPA 2 (Hugging Face): its config, keys, what is ignored
     hf_clip.py         Hugging Face CLIP vision tower <-> the image teacher
     hf.py, remote/     the Hugging Face folders (VideoMAEModel or remote code), flat files
     parity.py          ours vs the exported model on the same clips

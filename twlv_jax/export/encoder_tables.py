@@ -1,7 +1,8 @@
-"""Name maps of our video encoder (`VideoViT`): Hugging Face `VideoMAEModel` and PyTorch.
+"""Name maps of our video encoder (`VideoViT`): Hugging Face `VideoMAEModel`, `VJEPA2Model`
+and PyTorch.
 
 Our names are the dotted paths of the encoder's pure-dict state; blocks are stacked
-(`blocks.blocks.*`, leading layers axis). Both tables are built from the set of names a
+(`blocks.blocks.*`, leading layers axis). The tables are built from the set of names a
 config has, so a layout (qkv_bias all|qv|none, LayerScale) maps exactly what exists.
 
     ours (stacked over layers)   VideoMAEModel, `encoder.layer.{i}.` + ...   torch (timm layout)
@@ -14,6 +15,10 @@ config has, so a layout (qkv_bias all|qv|none, LayerScale) maps exactly what exi
     mlp.fc1 / mlp.fc2             intermediate.dense / output.dense        blocks.{i}.mlp.fc1 / fc2
     gamma1 / gamma2               (none: not expressible)                  blocks.{i}.gamma_1 / gamma_2
     norm                          layernorm                                norm
+
+`VJEPA2Model`'s encoder (`vjepa2_rules`, pos_embed=rope3d): `encoder.` + embeddings.
+patch_embeddings.proj, layer.{i}.{norm1, attention.{query,key,value} (with biases),
+attention.proj, norm2, mlp.fc1, mlp.fc2}, layernorm.
 
 LayerNorm `scale` is `weight` on the PyTorch side; kernels (in, out) are Linear weights
 (out, in); kernels with head axes are flattened to 2-D first.
@@ -90,6 +95,30 @@ def videomae_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
                   flat(B + "attn.v_bias", attn + "attention.value.bias", True)]
     if B + "attn.qkv_bias" in names:
         rules.append(_qv_of_qkv_bias((attn + "attention.query.bias", attn + "attention.value.bias")))
+    return rules
+
+
+def _split_bias(theirs: tuple[str, str, str]) -> Rule:
+    """(3, H, Dh) <-> three biases (H*Dh,)."""
+    return Rule(B + "attn.qkv_bias", theirs, lambda b: tuple(b[j].reshape(-1) for j in range(3)),
+                lambda arrays, shape: np.stack(arrays).reshape(shape), layered=True)
+
+
+def vjepa2_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
+    """Our encoder (pos_embed=rope3d) <-> the encoder of `VJEPA2Model` (`encoder.` keys)."""
+    layer, attn = "encoder.layer.{i}.", "encoder.layer.{i}.attention."
+    rules = [patch_rule("encoder.embeddings.patch_embeddings.proj.weight", tubelet, patch),
+             same("patch_embed.bias", "encoder.embeddings.patch_embeddings.proj.bias"),
+             *_norm(B + "norm1", layer + "norm1", True),
+             _split_qkv(tuple(f"{attn}{n}.weight" for n in ("query", "key", "value"))),
+             dense(B + "attn.out", attn + "proj.weight", True, heads_in=True),
+             same(B + "attn.out_bias", attn + "proj.bias", True),
+             *_norm(B + "norm2", layer + "norm2", True),
+             *_linear(B + "mlp.fc1", layer + "mlp.fc1"),
+             *_linear(B + "mlp.fc2", layer + "mlp.fc2"),
+             *_norm("norm", "encoder.layernorm", False)]
+    if B + "attn.qkv_bias" in names:
+        rules.append(_split_bias(tuple(f"{attn}{n}.bias" for n in ("query", "key", "value"))))
     return rules
 
 

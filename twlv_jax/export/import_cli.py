@@ -1,18 +1,21 @@
-"""`twlv import videomae|clip`: external weights into our models, strictly, with a report.
+"""`twlv import videomae|vjepa2|clip`: external weights into our models, strictly, with a report.
 
     twlv import videomae --input hf_videomae/ --output imported/      # a student checkpoint
     twlv import videomae --input hf_videomae/ --output teacher.safetensors   # video teacher file
+    twlv import vjepa2 --input hf_vjepa2/ --output imported/
     twlv import clip --input hf_clip/ --output clip.safetensors --variant clip_b16
 
 `videomae` reads a `VideoMAEModel` or `VideoMAEForPreTraining` folder (config.json plus
-weights; `q_bias`/`v_bias` names accepted) into our encoder: a checkpoint folder that
+weights; `q_bias`/`v_bias` names accepted), `vjepa2` a `VJEPA2Model` or
+`VJEPA2ForVideoClassification` folder, into our encoder: a checkpoint folder that
 `twlv embed`, `twlv export` and `twlv train --config.init_from=DIR
 --config.init_strict=false` (the heads start fresh) take, or with a .safetensors output
 the weights file of `objective.video_teacher.weights`. `clip` writes the image teacher's
 weights file (`teacher.weights`). Missing, unexpected and mis-shaped keys stop the import
 unless each matches an --allow pattern; the report (JSON beside the output) lists them,
 what was ignored (pretraining heads, text tower) and any position table resampled. With
-torch and transformers installed, a VideoMAE import also runs the parity check of export.
+torch and transformers installed, a VideoMAE or V-JEPA 2 folder import also runs the
+parity check of export against the source model.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import os
 import sys
 
 from twlv_jax.eval.outputs import fail
-from twlv_jax.export import files, hf_clip, parity, student, videomae
+from twlv_jax.export import files, hf_clip, parity, student, videomae, vjepa2
 from twlv_jax.export.table import import_params
 from twlv_jax.models import weights as weightlib
+
+ENCODERS = {"videomae": videomae, "vjepa2": vjepa2}   # formats imported into our encoder
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twlv import", description=__doc__.split("\n\n")[0])
-    p.add_argument("format", choices=("videomae", "clip"))
+    p.add_argument("format", choices=(*ENCODERS, "clip"))
     p.add_argument("--input", required=True, help="Hugging Face folder or weights file")
     p.add_argument("--output", required=True,
                    help="checkpoint folder, or a .safetensors weights file")
@@ -40,21 +45,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _videomae(args) -> tuple[dict, str]:
+def _positions(fmt: str, fields: dict) -> str:
+    grid = (fields["frames"] // fields["tubelet"], *(2 * [fields["image_size"] // fields["patch"]]))
+    if fmt == "vjepa2":
+        return ("V-JEPA 2's 3-D rotary positions (pos_embed=rope3d), computed from each "
+                f"input's grid ({grid} at the config's size), not stored")
+    return (f"VideoMAE's fixed 1-D sin-cos table for the grid {grid} (pos_embed=sincos1d), "
+            "computed, not stored")
+
+
+def _encoder(args) -> tuple[dict, str]:
+    fmt = ENCODERS[args.format]
     hf_config = files.read_config(args.input)
-    variant, fields, notes = videomae.model_fields(hf_config)
+    variant, fields, notes = fmt.model_fields(hf_config)
     config = student.make_config(variant, fields)
     like = student.fresh(config)
-    state = videomae.normalize_keys(files.read_state(args.input))
-    params, report = import_params(state, videomae.rules(config.model, set(like)), like,
+    state = fmt.normalize_keys(files.read_state(args.input))
+    params, report = import_params(state, fmt.rules(config.model, set(like)), like,
                                    source=files.weights_file(args.input), allow=args.allow,
-                                   ignore=videomae.IGNORE)
+                                   ignore=fmt.IGNORE)
     if report.ignored:
         report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
                           f"({', '.join(sorted({k.split('.')[0] for k in report.ignored}))})"]
-    grid = (fields["frames"] // fields["tubelet"], *(2 * [fields["image_size"] // fields["patch"]]))
-    report.notes += [f"variant {variant}; positions: VideoMAE's fixed 1-D sin-cos table for "
-                     f"the grid {grid} (pos_embed=sincos1d), computed, not stored", *notes]
+    report.notes += [f"variant {variant}; positions: {_positions(args.format, fields)}", *notes]
     result = report.to_dict()
     if args.output.endswith(".safetensors"):
         weightlib.save(weightlib.unflatten(params), args.output)
@@ -62,8 +75,8 @@ def _videomae(args) -> tuple[dict, str]:
         step = student.write(args.output, config, params, source=os.path.abspath(args.input))
         print(f"checkpoint step folder: {step}")
     if os.path.isdir(args.input):
-        check = parity.run(config, params, "videomae", args.input)
-        check["loading_problems"] = {}   # the decoder of a pretraining folder is not ours
+        check = parity.run(config, params, args.format, args.input)
+        check["loading_problems"] = {}   # the heads of a pretraining folder are not ours
         check["passed"] = check["max_abs_diff_tokens"] <= check["tolerance"]
         result["parity"] = check
         print(parity.summary(check))
@@ -83,7 +96,7 @@ def _clip(args) -> tuple[dict, str]:
 
 def _run(args) -> int:
     print(f"twlv import {args.format}: {args.input} -> {args.output}")
-    result, text = (_videomae if args.format == "videomae" else _clip)(args)
+    result, text = (_clip if args.format == "clip" else _encoder)(args)
     print(text)
     path = (os.path.join(args.output, "import_report.json") if os.path.isdir(args.output)
             else os.path.splitext(args.output)[0] + ".import_report.json")

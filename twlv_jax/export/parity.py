@@ -19,6 +19,8 @@ from twlv_jax.data.video import BadVideo
 from twlv_jax.export import student
 
 TOLERANCE = 1e-4   # max |tokens ours - tokens exported|, float32
+# transformers classes of the folders compared by kind (their embedding: the mean token)
+HF_CLASSES = {"videomae": "VideoMAEModel", "vjepa2": "VJEPA2Model"}
 
 
 def input_clips(model_cfg, manifest: str | None, count: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -56,9 +58,10 @@ def load_exported(kind: str, location: str, fields: dict | None = None):
     """(torch model in eval mode, loading problems) of an export of `kind`."""
     import torch
 
-    if kind == "videomae":
-        from transformers import VideoMAEModel
-        model, info = VideoMAEModel.from_pretrained(location, output_loading_info=True)
+    if kind in HF_CLASSES:
+        import transformers
+        model, info = getattr(transformers, HF_CLASSES[kind]).from_pretrained(
+            location, output_loading_info=True)
     elif kind == "custom":
         from transformers import AutoModel
         model, info = AutoModel.from_pretrained(location, trust_remote_code=True,
@@ -80,9 +83,12 @@ def exported_outputs(model, kind: str, pixel_values: np.ndarray) -> dict[str, np
     import torch
 
     with torch.no_grad():
-        out = model(pixel_values=torch.from_numpy(pixel_values))
+        if kind == "vjepa2":
+            out = model(pixel_values_videos=torch.from_numpy(pixel_values), skip_predictor=True)
+        else:
+            out = model(pixel_values=torch.from_numpy(pixel_values))
     tokens = out.last_hidden_state.numpy()
-    pooled = tokens.mean(1) if kind == "videomae" else out.pooler_output.numpy()
+    pooled = tokens.mean(1) if kind in HF_CLASSES else out.pooler_output.numpy()
     return {"tokens": tokens, "pooled": pooled}
 
 

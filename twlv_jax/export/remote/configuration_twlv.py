@@ -7,7 +7,8 @@ class TwlvVideoConfig(PreTrainedConfig):
     """A plain ViT over tubelets; the fields mirror twlv-jax's `model` config block.
 
     qkv_bias: "all" | "qv" | "none"; pos_embed: "sincos3d" (separable t/h/w) | "sincos1d"
-    (VideoMAE's table over the flattened tokens); layerscale: LayerScale gammas present.
+    (VideoMAE's table over the flattened tokens) | "rope3d" (V-JEPA 2's 3-D rotary positions);
+    layerscale: LayerScale gammas present.
     """
 
     model_type = "twlv_video"

@@ -5,8 +5,11 @@
     out.last_hidden_state              # (B, N, D) tokens ordered (t, h, w), after the final norm
     out.pooler_output                  # (B, D) their mean: the clip embedding
 
-Fixed sin-cos positions are computed (float64, then float32) for the config's grid, as
-twlv-jax computes them; they are not parameters. H, W and T must equal the config's.
+Positions are computed (float64, then float32) as twlv-jax computes them; they are not
+parameters. Sin-cos tables (pos_embed sincos3d | sincos1d) are added for the config's grid,
+so H, W and T must equal the config's; 3-D rotary positions (rope3d, V-JEPA 2's) rotate
+queries and keys by each token's (frame, row, column) of the input's own grid, so any size
+divisible into tubelets is taken.
 """
 
 import math
@@ -53,6 +56,33 @@ def sincos_flat(dim, grid):
 TABLES = {"sincos3d": sincos_3d, "sincos1d": sincos_flat}
 
 
+def rope_tables(grid, head_dim):
+    """(2, N, head_dim) cos and sin per token and channel, as twlv_jax.models.rope.tables.
+
+    Runs of 2 * ((head_dim // 3) // 2) channels for frame, row and column; in a run of d,
+    channel c turns at 10000^(-(c mod d/2) / (d/2)) (V-JEPA 2's tiled frequencies); the
+    channels after the three runs keep cos 1, sin 0.
+    """
+    d = 2 * ((head_dim // 3) // 2)
+    omega = 1.0 / 10000.0 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    t, h, w = grid
+    positions = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"),
+                         axis=-1).reshape(-1, 3).astype(np.float64)
+    angles = positions[:, :, None] * omega
+    angles = np.concatenate([angles, angles], axis=-1).reshape(len(positions), 3 * d)
+    cos = np.ones((len(positions), head_dim))
+    sin = np.zeros((len(positions), head_dim))
+    cos[:, :3 * d], sin[:, :3 * d] = np.cos(angles), np.sin(angles)
+    return np.stack([cos, sin]).astype(np.float32)
+
+
+def rotate(x, rope):
+    """x (B, H, N, Dh) with adjacent channel pairs turned by rope (2, N, Dh)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return x * rope[0] + turned * rope[1]
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -77,12 +107,14 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x, rope=None):
         b, n, d = x.shape
         qkv = self.qkv(x)
         if self.q_bias is not None:
             qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         q, k, v = qkv.reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rotate(q, rope), rotate(k, rope)
         y = F.scaled_dot_product_attention(q, k, v)               # (B, H, N, Dh)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
@@ -112,8 +144,8 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x):
-        h = self.attn(self.norm1(x))
+    def forward(self, x, rope=None):
+        h = self.attn(self.norm1(x), rope)
         x = x + (h if self.gamma_1 is None else h * self.gamma_1)
         h = self.mlp(self.norm2(x))
         return x + (h if self.gamma_2 is None else h * self.gamma_2)
@@ -131,21 +163,25 @@ class TwlvVideoModel(PreTrainedModel):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def grid(self):
-        c = self.config
-        return (c.num_frames // c.tubelet_size, c.image_size // c.patch_size,
-                c.image_size // c.patch_size)
-
     def forward(self, pixel_values, **kwargs):
         c = self.config
         _, t, _, h, w = pixel_values.shape
-        if (t, h, w) != (c.num_frames, c.image_size, c.image_size):
+        grid = (t // c.tubelet_size, h // c.patch_size, w // c.patch_size)
+        x = self.patch_embed(pixel_values)
+        rope = None
+        if c.pos_embed == "rope3d":
+            if t % c.tubelet_size or h % c.patch_size or w % c.patch_size:
+                raise ValueError(f"input of {t} frames at {h}x{w} does not split into "
+                                 f"{c.tubelet_size}x{c.patch_size}x{c.patch_size} tubelets")
+            head_dim = c.hidden_size // c.num_attention_heads
+            rope = torch.from_numpy(rope_tables(grid, head_dim)).to(device=x.device, dtype=x.dtype)
+        elif (t, h, w) != (c.num_frames, c.image_size, c.image_size):
             raise ValueError(f"input of {t} frames at {h}x{w}; the model takes {c.num_frames} "
                              f"frames at {c.image_size}x{c.image_size}")
-        x = self.patch_embed(pixel_values)
-        table = TABLES[c.pos_embed](c.hidden_size, self.grid()).reshape(-1, c.hidden_size)
-        x = x + torch.from_numpy(table).to(device=x.device, dtype=x.dtype)
+        else:
+            table = TABLES[c.pos_embed](c.hidden_size, grid).reshape(-1, c.hidden_size)
+            x = x + torch.from_numpy(table).to(device=x.device, dtype=x.dtype)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope)
         tokens = self.norm(x)
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=tokens.mean(1))
