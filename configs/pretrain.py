@@ -11,6 +11,7 @@ runs and tests (8 frames at 32 px, random tiny teacher allowed).
 from ml_collections import ConfigDict, config_dict
 
 from twlv_jax.config import duration, parse_arg
+from twlv_jax.objectives.targets import add_config_blocks
 
 TINY = "tiny"
 
@@ -77,6 +78,7 @@ def get_config(arg=None):
             weights="",                            # local file
         )),
     ))
+    add_config_blocks(c.objective, tiny)           # targets registered beyond the four above
 
     c.optim = ConfigDict(dict(
         lr=1e-3 if tiny else 1.5e-4,  # per `lr_batch` clips; scaled linearly with train.batch_size

@@ -2,13 +2,18 @@
 falls well below the target's trivial baseline (predicting the mean of the very targets it
 is scored on, which a collapsed representation would also match)."""
 
+import importlib.util
+
 import jax
 import numpy as np
 import pytest
 
 from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import colour_ramps
+from twlv_jax.models import flops as model_flops
+from twlv_jax.objectives import presets, targets
 from twlv_jax.parallel.mesh import make_mesh
+from twlv_jax.train import flops
 from twlv_jax.train import state as statelib
 from twlv_jax.train import step as steplib
 
@@ -21,17 +26,21 @@ CASES = {
 }
 
 
-def train_and_score(target: str) -> tuple[list[tuple[float, float]], float, float]:
-    steps, extra = CASES[target]
-    overrides = [("objective.preset", "none"), ("objective.mask.kind", "tube"),
-                 ("objective.mask.ratio", "0.75"), (f"objective.{target}.weight", "1.0"),
-                 ("train.batch_size", "16"), ("optim.warmup", "10"), *extra]
-    config = cfglib.build("configs/pretrain.py:variant=tiny", overrides)
+def config_for(target: str, extra=()):
+    return cfglib.build("configs/pretrain.py:variant=tiny", [
+        ("objective.preset", "none"), ("objective.mask.kind", "tube"),
+        ("objective.mask.ratio", "0.75"), (f"objective.{target}.weight", "1.0"),
+        ("train.batch_size", "16"), ("optim.warmup", "10"), *extra])
+
+
+def train_and_score(target: str, steps: int, extra=(), drift: float = 0.02):
+    """((loss, baseline) on held-out clips before, the same after `steps` steps)."""
+    config = config_for(target, extra)
     mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
     setup = statelib.build(config, mesh, total_steps=steps, warmup_steps=10)
     state, teachers = statelib.init_state(setup), statelib.init_teachers(setup, {})
     train, evaluate = steplib.jit_train_step(setup), steplib.jit_eval(setup)
-    held_out = colour_ramps(np.random.default_rng(1), 32, frames=8, size=32)
+    held_out = colour_ramps(np.random.default_rng(1), 32, frames=8, size=32, drift=drift)
     stream = np.random.default_rng(0)
 
     def score():
@@ -40,13 +49,46 @@ def train_and_score(target: str) -> tuple[list[tuple[float, float]], float, floa
 
     before = score()
     for _ in range(steps):
-        state, _ = train(state, teachers, colour_ramps(stream, 16, frames=8, size=32),
+        state, _ = train(state, teachers, colour_ramps(stream, 16, frames=8, size=32, drift=drift),
                          np.float32(0))
     return before, score()
 
 
 @pytest.mark.parametrize("target", list(CASES))
 def test_held_out_loss_falls_below_half_the_trivial_baseline(target):
-    (loss_before, baseline_before), (loss, baseline) = train_and_score(target)
+    (loss_before, baseline_before), (loss, baseline) = train_and_score(target, *CASES[target])
     assert loss_before > 0.9 * baseline_before          # an untrained model is no better
     assert loss < 0.5 * baseline, (target, loss, baseline)
+
+
+@pytest.fixture
+def readme_target(tmp_path):
+    """The README's example target, written to a file of its own and registered."""
+    with open("README.md") as f:
+        text = f.read()
+    section = text[text.index("### Adding a target"):]
+    start = section.index("```python\n") + len("```python\n")
+    path = tmp_path / "frame_difference.py"
+    path.write_text(section[start:section.index("```\n", start)])
+    spec = importlib.util.spec_from_file_location("frame_difference", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    yield targets.REGISTRY["frame_difference"]
+    targets.REGISTRY.pop("frame_difference")
+
+
+def test_a_target_added_from_one_file_trains(readme_target):
+    config = config_for("frame_difference")
+    assert config.objective.frame_difference.weight == 1.0       # its block, from the registry
+    objective = presets.resolve(config.objective)
+    assert list(objective.weights) == ["frame_difference"] and not presets.check(config)
+    visible = 4 * (16 - int(0.75 * 16))         # tiny: a 4x4x4 grid, tube mask, 4 of 16 per slot
+    encoder = model_flops.encoder_forward("tiny", visible, 2 * 8 * 8 * 3)
+    head = model_flops.linear(visible, 64, 8 * 8 * 3)     # width 64 -> one frame of a tubelet
+    assert flops.step_flops(config, objective) == 16 * 3 * (encoder + head)
+
+    # Ramps drifting 4x faster than the default, so that the frame difference stands well
+    # above uint8 rounding.
+    (loss_before, baseline_before), (loss, baseline) = train_and_score("frame_difference", 100,
+                                                                       drift=0.08)
+    assert loss_before > 0.9 * baseline_before
+    assert loss < 0.5 * baseline, (loss, baseline)

@@ -7,10 +7,12 @@ one line below, or `register(...)` from code of your own.
 
 from __future__ import annotations
 
+from ml_collections import ConfigDict, config_dict
+
 from twlv_jax.objectives.targets import distill, latent, pixel, video_teacher
 from twlv_jax.objectives.targets.base import Batch, Target, Tokens
 
-__all__ = ["REGISTRY", "Batch", "Target", "Tokens", "enabled", "register"]
+__all__ = ["REGISTRY", "Batch", "Target", "Tokens", "add_config_blocks", "enabled", "register"]
 
 REGISTRY: dict[str, Target] = {}
 
@@ -21,6 +23,15 @@ def register(target: Target) -> Target:
         raise ValueError(f"a target named {target.name!r} is already registered")
     REGISTRY[target.name] = target
     return target
+
+
+def add_config_blocks(objective_cfg: ConfigDict, tiny: bool) -> None:
+    """Adds `objective.<name>` (weight unset, then the target's `defaults`) for every
+    registered target that the config does not list."""
+    for name, target in REGISTRY.items():
+        if name not in objective_cfg:
+            objective_cfg[name] = ConfigDict(dict(weight=config_dict.placeholder(float),
+                                                  **target.defaults(tiny)))
 
 
 def enabled(objective) -> dict[str, Target]:
