@@ -82,6 +82,12 @@ def teacher_blocks(config, objective: Objective | None = None) -> dict[str, str]
     return blocks
 
 
+def teacher_weight_files(config, objective: Objective) -> dict[str, str]:
+    """{teacher name: its weights file ('' when none)} of the teachers the objective uses."""
+    return {name: config_block(config, key).weights
+            for name, key in teacher_blocks(config, objective).items()}
+
+
 def config_block(config, key: str):
     """The config block at a dotted key."""
     return functools.reduce(lambda block, part: block[part], key.split("."), config)
