@@ -173,6 +173,47 @@ def test_import_videomae_reproduces_hugging_face(tmp_path):
     assert lines[0].startswith("loaded 17 of 17 parameter arrays")
 
 
+def test_import_videomae_pretraining_decoder_into_our_pixel_decoder(tmp_path):
+    from flax import nnx
+
+    from twlv_jax.data.transforms import normalize
+    from twlv_jax.objectives.hybrid import Pretrainer
+    from twlv_jax.objectives.presets import resolve
+
+    hf_model = random_videomae(tmp_path / "hf", seed=11, decoder_hidden_size=64,
+                               decoder_num_attention_heads=1, decoder_intermediate_size=256,
+                               decoder_num_hidden_layers=2)
+    out = str(tmp_path / "imported")
+    assert import_cli.main(["videomae", "--input", str(tmp_path / "hf"), "--output", out]) == 0
+    with open(os.path.join(out, "import_report.json")) as f:
+        report = json.load(f)
+    assert not report["ignored"] and report["loaded"] == 34 + 36
+    assert any(n.startswith("mapped: encoder_to_decoder, mask_token, decoder.* -> "
+                            "params.pixel.decoder (decoder_width=64, decoder_depth=2")
+               for n in report["notes"])
+    # a videomae run with this decoder loads student and decoder strictly (init_from)
+    config = load_encoder(out).config
+    assert (config.objective.preset, config.objective.pixel.decoder_width) == ("videomae", 64)
+    model = nnx.eval_shape(lambda: Pretrainer(config, resolve(config.objective), rngs=nnx.Rngs(0)))
+    graphdef, abstract = nnx.split(model)
+    params, lines = ckptlib.load_params(out, nnx.to_pure_dict(abstract))
+    assert lines[0].startswith("loaded 35 of 35 parameter arrays")
+    model = nnx.merge(graphdef, params)
+    # its reconstructions are VideoMAEForPreTraining's (whose decoder.norm has eps 1e-5, not 1e-6)
+    hf_model.decoder.norm.eps = 1e-6
+    video = clips(seed=12)
+    masked_bool = np.zeros((2, 64), bool)
+    masked_bool[0, ::2] = masked_bool[1, 5:37] = True
+    keep = jax.numpy.asarray(np.stack([np.flatnonzero(~m) for m in masked_bool]))
+    masked = jax.numpy.asarray(np.stack([np.flatnonzero(m) for m in masked_bool]))
+    tokens = model.student(normalize(video), keep=keep)["tokens"]
+    ours = model.pixel.decoder(tokens, keep, masked)
+    with torch.no_grad():
+        theirs = hf_model(torch.from_numpy(parity.normalized(video)),
+                          bool_masked_pos=torch.from_numpy(masked_bool)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
 def test_import_accepts_old_q_bias_names(tmp_path):
     random_videomae(tmp_path / "hf", seed=3)
     state = files.read_state(str(tmp_path / "hf"))

@@ -55,7 +55,7 @@ def _linear(ours: str, theirs: str) -> list[Rule]:
             same(f"{ours}.bias", f"{theirs}.bias", True)]
 
 
-def _split_qkv(theirs: tuple[str, str, str]) -> Rule:
+def _split_qkv(ours: str, theirs: tuple[str, str, str]) -> Rule:
     """(D, 3, H, Dh) <-> three Linear weights (H*Dh, D)."""
     def to_theirs(w):
         return tuple(w[:, j].reshape(w.shape[0], -1).T for j in range(3))
@@ -63,44 +63,62 @@ def _split_qkv(theirs: tuple[str, str, str]) -> Rule:
     def to_ours(arrays, shape):
         return np.stack([a.T for a in arrays], axis=1).reshape(shape)
 
-    return Rule(B + "attn.qkv", theirs, to_theirs, to_ours, layered=True)
+    return Rule(ours, theirs, to_theirs, to_ours, layered=True)
 
 
-def _qv_of_qkv_bias(theirs: tuple[str, str]) -> Rule:
+def _qv_of_qkv_bias(ours: str, theirs: tuple[str, str]) -> Rule:
     """(3, H, Dh) <-> query and value biases; the key bias is dropped (softmax ignores it)
     and comes back as zeros."""
     def to_ours(arrays, shape):
         q, v = (a.reshape(shape[1:]) for a in arrays)
         return np.stack([q, np.zeros_like(q), v])
 
-    return Rule(B + "attn.qkv_bias", theirs, lambda b: (b[0].reshape(-1), b[2].reshape(-1)),
-                to_ours, layered=True)
+    return Rule(ours, theirs, lambda b: (b[0].reshape(-1), b[2].reshape(-1)), to_ours,
+                layered=True)
 
 
-def videomae_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
-    """Our encoder <-> `VideoMAEModel` keys (no `videomae.` prefix)."""
-    layer, attn = "encoder.layer.{i}.", "encoder.layer.{i}.attention."
-    rules = [patch_rule("embeddings.patch_embeddings.projection.weight", tubelet, patch),
-             same("patch_embed.bias", "embeddings.patch_embeddings.projection.bias"),
-             *_norm(B + "norm1", layer + "layernorm_before", True),
-             _split_qkv(tuple(f"{attn}attention.{n}.weight" for n in ("query", "key", "value"))),
+def _videomae_layers(layer: str, names: set[str]) -> list[Rule]:
+    """Our stacked blocks <-> `VideoMAELayer`s at `layer` (a key prefix with `{i}`)."""
+    attn = layer + "attention."
+    rules = [*_norm(B + "norm1", layer + "layernorm_before", True),
+             _split_qkv(B + "attn.qkv",
+                        tuple(f"{attn}attention.{n}.weight" for n in ("query", "key", "value"))),
              dense(B + "attn.out", attn + "output.dense.weight", True, heads_in=True),
              same(B + "attn.out_bias", attn + "output.dense.bias", True),
              *_norm(B + "norm2", layer + "layernorm_after", True),
              *_linear(B + "mlp.fc1", layer + "intermediate.dense"),
-             *_linear(B + "mlp.fc2", layer + "output.dense"),
-             *_norm("norm", "layernorm", False)]
+             *_linear(B + "mlp.fc2", layer + "output.dense")]
     if B + "attn.q_bias" in names:
         rules += [flat(B + "attn.q_bias", attn + "attention.query.bias", True),
                   flat(B + "attn.v_bias", attn + "attention.value.bias", True)]
     if B + "attn.qkv_bias" in names:
-        rules.append(_qv_of_qkv_bias((attn + "attention.query.bias", attn + "attention.value.bias")))
+        rules.append(_qv_of_qkv_bias(B + "attn.qkv_bias", (attn + "attention.query.bias",
+                                                          attn + "attention.value.bias")))
     return rules
 
 
-def _split_bias(theirs: tuple[str, str, str]) -> Rule:
+def videomae_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
+    """Our encoder <-> `VideoMAEModel` keys (no `videomae.` prefix)."""
+    return [patch_rule("embeddings.patch_embeddings.projection.weight", tubelet, patch),
+            same("patch_embed.bias", "embeddings.patch_embeddings.projection.bias"),
+            *_videomae_layers("encoder.layer.{i}.", names),
+            *_norm("norm", "layernorm", False)]
+
+
+def videomae_decoder_rules(names: set[str]) -> list[Rule]:
+    """Our pixel decoder (`MaskedPredictor`) <-> the decoder of `VideoMAEForPreTraining`
+    (positions are VideoMAE's fixed 1-D table on both sides, not parameters)."""
+    return [dense("embed.kernel", "encoder_to_decoder.weight"),
+            same("mask_token", "mask_token"),
+            *_videomae_layers("decoder.decoder_layers.{i}.", names),
+            *_norm("norm", "decoder.norm", False),
+            dense("head.kernel", "decoder.head.weight"),
+            same("head.bias", "decoder.head.bias")]
+
+
+def _split_bias(ours: str, theirs: tuple[str, str, str]) -> Rule:
     """(3, H, Dh) <-> three biases (H*Dh,)."""
-    return Rule(B + "attn.qkv_bias", theirs, lambda b: tuple(b[j].reshape(-1) for j in range(3)),
+    return Rule(ours, theirs, lambda b: tuple(b[j].reshape(-1) for j in range(3)),
                 lambda arrays, shape: np.stack(arrays).reshape(shape), layered=True)
 
 
@@ -110,7 +128,7 @@ def vjepa2_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
     rules = [patch_rule("encoder.embeddings.patch_embeddings.proj.weight", tubelet, patch),
              same("patch_embed.bias", "encoder.embeddings.patch_embeddings.proj.bias"),
              *_norm(B + "norm1", layer + "norm1", True),
-             _split_qkv(tuple(f"{attn}{n}.weight" for n in ("query", "key", "value"))),
+             _split_qkv(B + "attn.qkv", tuple(f"{attn}{n}.weight" for n in ("query", "key", "value"))),
              dense(B + "attn.out", attn + "proj.weight", True, heads_in=True),
              same(B + "attn.out_bias", attn + "proj.bias", True),
              *_norm(B + "norm2", layer + "norm2", True),
@@ -118,7 +136,8 @@ def vjepa2_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
              *_linear(B + "mlp.fc2", layer + "mlp.fc2"),
              *_norm("norm", "encoder.layernorm", False)]
     if B + "attn.qkv_bias" in names:
-        rules.append(_split_bias(tuple(f"{attn}{n}.bias" for n in ("query", "key", "value"))))
+        rules.append(_split_bias(B + "attn.qkv_bias",
+                                 tuple(f"{attn}{n}.bias" for n in ("query", "key", "value"))))
     return rules
 
 

@@ -27,10 +27,11 @@ import sys
 
 from twlv_jax.eval.outputs import fail
 from twlv_jax.export import files, hf_clip, parity, student, videomae, vjepa2
-from twlv_jax.export.table import import_params
+from twlv_jax.export.table import import_params, prefixed
 from twlv_jax.models import weights as weightlib
 
 ENCODERS = {"videomae": videomae, "vjepa2": vjepa2}   # formats imported into our encoder
+DECODER = "pixel.decoder."                             # our pixel decoder in the model's state
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,25 +55,55 @@ def _positions(fmt: str, fields: dict) -> str:
             "computed, not stored")
 
 
+def _decoder(args, hf_config: dict, state: dict) -> tuple[dict | None, list[str]]:
+    """(our `objective.pixel` fields, notes) when the source's pretraining decoder goes into
+    our pixel decoder: a VideoMAE checkpoint folder output from a folder holding one."""
+    if args.format != "videomae" or "decoder.head.weight" not in state:
+        return None, []
+    if args.output.endswith(".safetensors"):
+        return None, ["decoder not imported: a video teacher file holds the encoder only"]
+    fields, why = videomae.decoder_fields(hf_config)
+    if fields is None:
+        return None, [why]
+    flags = " ".join(f"--config.objective.pixel.{k}={v}" for k, v in fields.items())
+    return fields, [why, f"twlv train --config.init_from={args.output} loads student and decoder "
+                         f"strictly with --config.objective.preset=videomae {flags} and this "
+                         "model block"]
+
+
 def _encoder(args) -> tuple[dict, str]:
     fmt = ENCODERS[args.format]
     hf_config = files.read_config(args.input)
     variant, fields, notes = fmt.model_fields(hf_config)
-    config = student.make_config(variant, fields)
-    like = student.fresh(config)
     state = fmt.normalize_keys(files.read_state(args.input))
-    params, report = import_params(state, fmt.rules(config.model, set(like)), like,
-                                   source=files.weights_file(args.input), allow=args.allow,
-                                   ignore=fmt.IGNORE)
+    pixel, decoder_notes = _decoder(args, hf_config, state)
+    config = (student.make_config(variant, fields, "videomae", pixel) if pixel
+              else student.make_config(variant, fields))
+    encoder = student.fresh(config)
+    like = {f"student.{k}": v for k, v in encoder.items()}
+    rules = prefixed(fmt.rules(config.model, set(encoder)), "student.")
+    ignore = fmt.IGNORE
+    if pixel:
+        heads = student.fresh_heads(config)
+        like.update(heads)
+        decoder = {k.removeprefix(DECODER) for k in heads}
+        rules += prefixed(videomae.decoder_rules(decoder), DECODER)
+        ignore = tuple(p for p in ignore if p not in videomae.DECODER)
+    loaded, report = import_params(state, rules, like, source=files.weights_file(args.input),
+                                   allow=args.allow, ignore=ignore)
+    params = {k.removeprefix("student."): v for k, v in loaded.items() if k.startswith("student.")}
+    heads = {k: v for k, v in loaded.items() if not k.startswith("student.")}
     if report.ignored:
         report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
                           f"({', '.join(sorted({k.split('.')[0] for k in report.ignored}))})"]
-    report.notes += [f"variant {variant}; positions: {_positions(args.format, fields)}", *notes]
+    report.notes += [f"variant {variant}; positions: {_positions(args.format, fields)}", *notes,
+                     *decoder_notes]
     result = report.to_dict()
     if args.output.endswith(".safetensors"):
         weightlib.save(weightlib.unflatten(params), args.output)
     else:
-        step = student.write(args.output, config, params, source=os.path.abspath(args.input))
+        step = student.write(args.output, config, params, source=os.path.abspath(args.input),
+                             heads=heads)
         print(f"checkpoint step folder: {step}")
     if os.path.isdir(args.input):
         check = parity.run(config, params, args.format, args.input)

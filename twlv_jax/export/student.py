@@ -2,7 +2,8 @@
 
 `read` goes through `eval.encoder.load_encoder`, the one public loader of checkpoints;
 `write` makes a checkpoint that it (and `twlv train --config.init_from`) reads: an Orbax
-step folder `DIR/checkpoints/0/` with `state.params.student` and `meta.config`.
+step folder `DIR/checkpoints/0/` with `state.params.student` (and any imported target
+head beside it, e.g. `state.params.pixel.decoder`) and `meta.config`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from twlv_jax import config as cfglib
 from twlv_jax.data.transforms import normalize
 from twlv_jax.eval.encoder import load_encoder
 from twlv_jax.models import weights as weightlib
+from twlv_jax.objectives.hybrid import Pretrainer
 from twlv_jax.objectives.hybrid import student as build_student
+from twlv_jax.objectives.presets import resolve
 from twlv_jax.train.checkpoint import Checkpoints, versions
 
 PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain.py")
@@ -53,27 +56,42 @@ def forward(config, params: dict[str, np.ndarray], video_uint8: np.ndarray) -> d
     return jax.tree.map(np.asarray, run(tree, video_uint8))
 
 
-def fresh(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """Freshly initialised flat student parameters of a config (the import's fallback)."""
-    module = build_student(float32_config(config).model, nnx.Rngs(seed))
+def _flat(module: nnx.Module) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in weightlib.flatten(nnx.to_pure_dict(nnx.state(module))).items()}
 
 
-def make_config(variant: str, model: dict) -> ml_collections.ConfigDict:
-    """configs/pretrain.py for `variant` with the `model` fields set (what a checkpoint stores)."""
-    return cfglib.build(f"{os.path.abspath(PRETRAIN_CONFIG)}:variant={variant}",
-                        [(f"model.{k}", v) for k, v in model.items()])
+def fresh(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Freshly initialised flat student parameters of a config (the import's fallback)."""
+    return _flat(build_student(float32_config(config).model, nnx.Rngs(seed)))
 
 
-def write(directory: str, config, params: dict[str, np.ndarray], *, source: str) -> str:
-    """An Orbax checkpoint (step 0) holding only the student; returns its step folder."""
+def fresh_heads(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Freshly initialised flat parameters of the config's target heads (`pixel.decoder.*`, ...)."""
+    model = Pretrainer(float32_config(config), resolve(config.objective), rngs=nnx.Rngs(seed))
+    return {k: v for k, v in _flat(model).items() if not k.startswith("student.")}
+
+
+def make_config(variant: str, model: dict, objective: str = "twlv",
+                pixel: dict | None = None) -> ml_collections.ConfigDict:
+    """configs/pretrain.py for `variant` and the `objective` preset with the `model` (and
+    `objective.pixel`) fields set: what a checkpoint stores."""
+    return cfglib.build(f"{os.path.abspath(PRETRAIN_CONFIG)}:variant={variant},objective={objective}",
+                        [(f"model.{k}", v) for k, v in model.items()]
+                        + [(f"objective.pixel.{k}", v) for k, v in (pixel or {}).items()])
+
+
+def write(directory: str, config, params: dict[str, np.ndarray], *, source: str,
+          heads: dict[str, np.ndarray] | None = None) -> str:
+    """An Orbax checkpoint (step 0) of the student (flat `params`) and any `heads` (flat names
+    under the whole model, e.g. `pixel.decoder.norm.scale`); returns its step folder."""
     checkpoints = Checkpoints(os.path.join(directory, "checkpoints"), with_data=False)
     try:
         if checkpoints.all_steps():
             raise FileExistsError(f"{directory} already holds a checkpoint; choose a new folder")
         meta = {"step": 0, "batches": 0, "skipped_batches": [], "config": config.to_dict(),
                 "versions": versions(), "process_count": 1, "mesh": {}, "imported_from": source}
-        state = {"params": {"student": weightlib.unflatten(params)}}
+        state = {"params": weightlib.unflatten({**{f"student.{k}": v for k, v in params.items()},
+                                                **(heads or {})})}
         checkpoints.manager.save(0, force=True, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
         checkpoints.wait()

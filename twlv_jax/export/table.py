@@ -64,6 +64,11 @@ def flat(name: str, theirs: str, layered: bool = False) -> Rule:
                 layered)
 
 
+def prefixed(rules: Sequence[Rule], prefix: str) -> list[Rule]:
+    """The rules with `prefix` before our names (a head inside the whole model's state)."""
+    return [dataclasses.replace(r, ours=prefix + r.ours) for r in rules]
+
+
 def _layers(rule: Rule, depth: int) -> list[tuple[int | None, tuple[str, ...]]]:
     """(layer index or None, external keys) for each application of the rule."""
     if not rule.layered:

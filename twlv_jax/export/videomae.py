@@ -20,9 +20,9 @@ from twlv_jax.export import encoder_tables
 from twlv_jax.export.table import Rule
 
 PREFIX = "videomae."
-# Keys of the pretraining / classification heads: listed by an import, never loaded.
-IGNORE = ("decoder.*", "encoder_to_decoder.*", "mask_token", "position_embeddings",
-          "fc_norm.*", "classifier.*")
+# Keys of the pretraining / classification heads: listed by an import unless loaded.
+DECODER = ("decoder.*", "encoder_to_decoder.*", "mask_token")
+IGNORE = (*DECODER, "position_embeddings", "fc_norm.*", "classifier.*")
 # Older checkpoints (and older transformers) name the attention biases q_bias / v_bias.
 RENAMES = ((re.compile(r"attention\.attention\.q_bias$"), "attention.attention.query.bias"),
            (re.compile(r"attention\.attention\.v_bias$"), "attention.attention.value.bias"))
@@ -44,6 +44,32 @@ def blockers(model_cfg, names: set[str]) -> list[str]:
 
 def rules(model_cfg, names: set[str]) -> list[Rule]:
     return encoder_tables.videomae_rules(names, model_cfg.tubelet, model_cfg.patch)
+
+
+def decoder_fields(hf: dict) -> tuple[dict | None, str]:
+    """(our `objective.pixel` fields for the source's decoder, or None when our pixel decoder
+    cannot hold it; why)."""
+    width = hf.get("decoder_hidden_size", 384)
+    heads, mlp = hf.get("decoder_num_attention_heads", 6), hf.get("decoder_intermediate_size", 1536)
+    misfits = []
+    if heads != max(1, width // 64):
+        misfits.append(f"{heads} heads (ours: width // 64 = {max(1, width // 64)})")
+    if mlp != 4 * width:
+        misfits.append(f"MLP width {mlp} (ours: 4 x {width})")
+    if not hf.get("qv_bias", hf.get("qkv_bias", True)):
+        misfits.append("no query/value biases")
+    if misfits:
+        return None, "decoder not imported: our pixel decoder cannot hold " + ", ".join(misfits)
+    fields = dict(decoder_width=width, decoder_depth=hf.get("decoder_num_hidden_layers", 4),
+                  norm_pix=hf.get("norm_pix_loss", True))
+    return fields, (f"mapped: encoder_to_decoder, mask_token, decoder.* -> params.pixel.decoder "
+                    f"(decoder_width={width}, decoder_depth={fields['decoder_depth']}, "
+                    f"norm_pix={fields['norm_pix']}; the key bias is zero); transformers gives "
+                    "decoder.norm PyTorch's epsilon 1e-5, ours is 1e-6 (the original VideoMAE's)")
+
+
+def decoder_rules(names: set[str]) -> list[Rule]:
+    return encoder_tables.videomae_decoder_rules(names)
 
 
 def hf_config(model_cfg) -> dict:
