@@ -17,7 +17,7 @@ from twlv_jax import config as cfglib
 from twlv_jax.data.synthetic import SynthOptions, write_synthetic
 from twlv_jax.models.vit import SIZES
 from twlv_jax.objectives.presets import PRESETS
-from twlv_jax.sweep import cli, execute
+from twlv_jax.sweep import cli, evaluate, execute
 from twlv_jax.sweep.expand import expand
 from twlv_jax.sweep.hyper import MAX_NAME, Hyper, run_names
 from twlv_jax.train.validate import validate
@@ -98,13 +98,15 @@ def test_ablations_expand_to_the_expected_runs():
     assert (run.config.model.variant, run.config.objective.distill.weight) == ("B", 0.0)
 
 
-def _sweep_file(tmp_path, body):
-    path = tmp_path / "sweep.py"
+def _sweep_file(tmp_path, body, evaluation=None, name="sweep.py"):
+    """A sweep file over the tiny config; `evaluation`: what its get_sweep_eval returns."""
+    path = tmp_path / name
     path.write_text("import os\nfrom twlv_jax.config import load_module\n\n"
                     "def get_config(arg=None):\n"
                     f"    return load_module({os.path.abspath('configs/pretrain.py')!r})"
                     ".get_config('variant=tiny')\n\n"
-                    f"def get_hyper(h):\n    return {body}\n")
+                    f"def get_hyper(h):\n    return {body}\n"
+                    + (f"\ndef get_sweep_eval():\n    return {evaluation!r}\n" if evaluation else ""))
     return str(path)
 
 
@@ -233,6 +235,98 @@ def test_xpk_launcher_names_workloads_within_40_characters_and_sets_the_cache():
     assert "--coordinator=auto\\ --config.optim.lr=1e-3" in out
     missing = xpk("c.py", "w")
     assert missing.returncode != 0 and "--cluster=NAME is required" in missing.stderr
+
+
+def test_an_evaluation_request_is_checked_at_expansion(tmp_path, videos, capsys):
+    seeds = "h.sweep('config.seed', [0, 1])"
+    root = str(tmp_path / "w")
+    spec = _sweep_file(tmp_path, seeds, {"probes": ["knn"]})
+    code, out, err = _main(capsys, spec, "--workdir", root, "--devices", "8")
+    assert code == 2 and out == ""
+    assert err.startswith("twlv sweep: run seed=0: the evaluation needs a folder with train and val "
+                          "manifests: set train.probe_path or give --eval_input")
+    code, _, err = _main(capsys, spec, "--workdir", root, "--devices", "8", "--eval", "knn,svm")
+    assert code == 2 and "evaluation probe 'svm': expected any of knn, linear" in err
+    spec = _sweep_file(tmp_path, seeds, {"probes": "linear", "labels": ["label_colour"]}, "b.py")
+    code, _, err = _main(capsys, spec, "--workdir", root, "--devices", "8",
+                         f"--config.train.probe_path={videos}")
+    assert code == 2 and ("run seed=0: evaluation input " in err and "no label column "
+                          "'label_colour' in both train and val (label columns: label, "
+                          "label_appearance, label_motion)" in err)
+    spec = _sweep_file(tmp_path, seeds, {"probes": "knn", "split": "val"}, "c.py")
+    code, _, err = _main(capsys, spec, "--workdir", root, "--devices", "8")
+    assert code == 2 and "get_sweep_eval: unknown key 'split'; expected probes, input, labels" in err
+    assert not os.path.exists(root)
+
+
+def test_dry_run_prints_the_evaluation_commands(tmp_path, videos, capsys):
+    root = str(tmp_path / "w")
+    spec = _sweep_file(tmp_path, "h.sweep('config.seed', [0])", {"probes": ["knn", "linear"]})
+    code, out, _ = _main(capsys, spec, "--workdir", root, "--devices", "8", "--dry_run",
+                         "--config.train.steps=12", f"--eval_input={videos}")
+    assert code == 0 and not os.path.exists(root)
+    lines = out.splitlines()
+    output = os.path.join(evaluate.step_dir(f"{root}/base", evaluate.Evaluation((), str(videos), ()),
+                                            12), "label")
+    assert lines[-4].endswith(f"-m twlv_jax embed --checkpoint {root}/base --step 12 --input "
+                              f"{videos} --split train --label label --output {output}")
+    assert " --split val " in lines[-3]
+    assert lines[-2].endswith(f"-m twlv_jax knn --embeddings {output}")
+    assert lines[-1].endswith(f"-m twlv_jax probe --embeddings {output}")
+    code, out, _ = _main(capsys, spec, "--workdir", root, "--devices", "8", "--dry_run",
+                         "--eval", "none")
+    assert code == 0 and " embed " not in out
+
+
+def test_tiny_sweep_evaluates_each_finished_run_and_tabulates_top1(tmp_path, videos):
+    labels = ["label_appearance", "label_motion"]
+    spec = _sweep_file(tmp_path, "h.sweep('config.seed', [0])",
+                       {"probes": ["knn", "linear"], "labels": labels})
+    root = tmp_path / "sweep"
+    command = [*_sweep_cli(spec, root, videos), "--config.train.steps=4", "--config.train.ckpt_every=4",
+               "--config.train.probe_every=4"]
+    result = subprocess.run(command, env=SUB_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "[1/1] base: done" in result.stdout and "[1/1] base: evaluating" in result.stdout
+    assert re.search(r"\[1/1\] base: evaluated: knn_label_appearance 0\.\d+, linear_label_appearance "
+                     r"0\.\d+, knn_label_motion 0\.\d+, linear_label_motion 0\.\d+", result.stdout)
+    with open(root / "results.csv") as f:
+        row = next(csv.DictReader(f))
+    evaluation = evaluate.Evaluation(("knn", "linear"), str(videos), tuple(labels))
+    step = evaluate.step_dir(str(root / "base"), evaluation, 4)
+    for label in labels:
+        for probe, name in evaluate.PROBES.items():
+            with open(os.path.join(step, label, name)) as f:
+                top1 = json.load(f)["top1"]
+            assert float(row[f"eval/{probe}_{label}"]) == pytest.approx(top1) and 0 <= top1 <= 1
+    assert row["state"] == "done" and row["note"] == ""
+    assert "| eval/knn_label_appearance |" in (root / "results.md").read_text()
+    assert (root / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Evaluated runs are skipped; a missing result is computed again by --collect (the
+    # embeddings are reused); a failing evaluation is the run's note.
+    again = subprocess.run(command, env=SUB_ENV, capture_output=True, text=True)
+    assert "[1/1] base: done already, skipped" in again.stdout and "evaluating" not in again.stdout
+    os.remove(os.path.join(step, "label_motion", "linear_probe_video.json"))
+    collected = subprocess.run([*command, "--collect"], env=SUB_ENV, capture_output=True, text=True)
+    assert collected.returncode == 0 and "[1/1] base: evaluated: " in collected.stdout
+    with open(root / "base" / "eval.log") as f:
+        redone = [line.split(" -m twlv_jax ")[1].split()[0] for line in f if line.startswith("$ ")][-3:]
+    assert redone == ["embed", "embed", "probe"]
+    with open(os.path.join(step, "label_motion", "embed_val.json")) as f:
+        assert json.load(f)["to_embed"] == 0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    train_rows = (videos / "train.csv").read_text().splitlines()[:4]
+    (broken / "train.csv").write_text("\n".join(train_rows).replace("videos/", f"{videos}/videos/"))
+    (broken / "val.csv").write_text("path,label_appearance,label_motion\nmissing.mp4,1,1\n")
+    failed = subprocess.run([*command, f"--eval_input={broken}", "--eval=knn"], env=SUB_ENV,
+                            capture_output=True, text=True)
+    assert failed.returncode == 0, failed.stderr[-3000:]
+    with open(root / "results.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["state"] == "done" and row["note"].startswith("evaluation failed: twlv embed: ")
+    assert "1 of 1 files unreadable" in row["note"]
 
 
 def _alive(pid):

@@ -6,9 +6,12 @@ r"""`twlv sweep`: the runs a config file's get_hyper(h) declares, trained and ta
 Every run's config is built and validated before any run starts. Each run trains in
 ROOT/NAME (NAME from its overrides); runs go one after another in subprocesses of
 `twlv train`, or are handed to a launcher (launch/<launcher>.sh). Rerunning the command
-skips finished runs and resumes the others. ROOT/results.md, results.csv and results.png
-gather the final losses, throughput and probe scores; --collect rebuilds them from the
-workdirs (runs on a cluster) with each run's state.
+skips finished runs and resumes the others. When the sweep asks for an evaluation step
+(get_sweep_eval in the config file, or --eval), each finished run's last checkpoint is
+embedded and scored with `twlv knn` / `twlv probe`. ROOT/results.md, results.csv and
+results.png gather the final losses, throughput, online-probe and evaluation scores;
+--collect rebuilds them from the workdirs (runs on a cluster) with each run's state,
+evaluating finished runs here first.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import subprocess
 import sys
 
 from twlv_jax import config as cfglib
-from twlv_jax.sweep import execute, results
+from twlv_jax.sweep import evaluate, execute, results
+from twlv_jax.sweep.evaluate import EvalError
 from twlv_jax.sweep.expand import Run, SweepError, expand
 
 
@@ -40,7 +44,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
                         help="options for launch/<launcher>.sh, e.g. '--tpu=pod --zone=us-east5-a'")
     parser.add_argument("--only", help="NAME,...: these runs only")
     parser.add_argument("--collect", action="store_true",
-                        help="only rebuild the results table from the runs' workdirs")
+                        help="only rebuild the results table from the runs' workdirs (and "
+                             "evaluate finished runs that were not yet)")
+    parser.add_argument("--eval", metavar="PROBES",
+                        help="evaluation step after each run: knn, linear, knn,linear, or none "
+                             "(default: the config file's get_sweep_eval, else none)")
+    parser.add_argument("--eval_input", metavar="FOLDER",
+                        help="folder with train and val manifests to evaluate on (default: "
+                             "get_sweep_eval's input, else each run's train.probe_path)")
     parser.add_argument("--devices", type=int,
                         help="devices each run gets, for the mesh checks (default: this "
                              "machine's for local, what the slurm/xpk options give, else what "
@@ -81,6 +92,12 @@ def write_runs(root: str, spec: str, runs: list[Run]) -> None:
             json.dump({**entry, "config": run.config.to_dict()}, f, indent=2, default=str)
 
 
+def final_step(config) -> int | str:
+    """The step a run ends at, when its length is given in steps (else 'LAST')."""
+    amount, unit = cfglib.parse_duration(config.train.steps)
+    return int(amount) if unit == "steps" else "LAST"
+
+
 def dry_run(args, runs: list[Run], root: str) -> None:
     print(describe(runs, root))
     for run in runs:
@@ -90,24 +107,40 @@ def dry_run(args, runs: list[Run], root: str) -> None:
             subprocess.run(execute.launcher_command(args.launcher, root, run,
                                                     shlex.split(args.launcher_args), True),
                            check=True)
+        if run.evaluation:
+            for command in evaluate.commands(execute.run_dir(root, run), run.evaluation,
+                                             final_step(run.config)):
+                print(shlex.join(command))
 
 
-def run_local(runs: list[Run], root: str, title: str) -> str | None:
-    """Trains the runs that are not done; returns the signal that stopped the sweep, if any."""
+def needs_evaluation(root: str, run: Run) -> bool:
+    return run.evaluation is not None and not evaluate.evaluated(execute.run_dir(root, run),
+                                                                 run.evaluation)
+
+
+def run_local(runs: list[Run], root: str, title: str, *, train: bool = True) -> str | None:
+    """Trains the runs that are not done (unless not `train`) and evaluates the finished
+    ones that the sweep's evaluation step has not scored; returns the signal that stopped
+    the sweep, if any."""
     with execute.LocalRunner(root) as runner:
         for i, run in enumerate(runs, 1):
-            state, _ = execute.state_of(execute.run_dir(root, run), run.config)
-            if state == "done":
-                print(f"[{i}/{len(runs)}] {run.name}: done already, skipped")
-                continue
+            tag, folder = f"[{i}/{len(runs)}] {run.name}", execute.run_dir(root, run)
+            state, _ = execute.state_of(folder, run.config)
             if runner.stopped:
                 break
-            how = "resuming" if state != "not started" else "starting"
-            print(f"[{i}/{len(runs)}] {run.name}: {how} (log: "
-                  f"{os.path.join(execute.run_dir(root, run), 'train.log')})", flush=True)
-            state, detail = runner.run(run)
-            print(f"[{i}/{len(runs)}] {run.name}: {state}" + (f" ({detail})" if detail else ""),
-                  flush=True)
+            if state == "done" and train:
+                print(f"{tag}: done already" + ("" if needs_evaluation(root, run) else ", skipped"))
+            elif train:
+                how = "resuming" if state != "not started" else "starting"
+                print(f"{tag}: {how} (log: {os.path.join(folder, 'train.log')})", flush=True)
+                state, detail = runner.run(run)
+                print(f"{tag}: {state}" + (f" ({detail})" if detail else ""), flush=True)
+            if state == "done" and needs_evaluation(root, run) and not runner.stopped:
+                print(f"{tag}: evaluating (log: {os.path.join(folder, 'eval.log')})", flush=True)
+                why = runner.evaluate(run)
+                found = evaluate.scores(folder, run.evaluation)
+                print(f"{tag}: {why}" if why else f"{tag}: evaluated: " + ", ".join(
+                    f"{k[len('eval/'):]} {v:.3f}" for k, v in found.items()), flush=True)
             results.collect(root, runs, title)
         return runner.stopped
 
@@ -134,8 +167,10 @@ def main(argv: list[str]) -> int:
         if devices is None and args.launcher == "local":
             import jax
             devices = jax.device_count()
-        runs = select(expand(args.spec, overrides, num_devices=devices), args.only)
-    except (cfglib.ConfigError, SweepError) as error:
+        request = evaluate.requested(args.spec, args.eval, args.eval_input)
+        runs = select(expand(args.spec, overrides, num_devices=devices, evaluation=request),
+                      args.only)
+    except (cfglib.ConfigError, SweepError, EvalError) as error:
         print(f"twlv sweep: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -143,7 +178,10 @@ def main(argv: list[str]) -> int:
         return 0
     title = f"twlv sweep {os.path.basename(args.spec)}"
     stopped = None
-    if not args.collect:
+    if args.collect:
+        if request:
+            stopped = run_local(runs, root, title, train=False)
+    else:
         write_runs(root, args.spec, runs)
         if args.launcher == "local":
             stopped = run_local(runs, root, title)

@@ -1,6 +1,7 @@
 """Running a sweep's runs: locally one after another, or handed to a launcher script.
 
-Each run trains in ROOT/NAME. Its state is kept in ROOT/NAME/sweep_status.json (written
+Each run trains in ROOT/NAME, then, when the sweep asks for it, its evaluation step runs
+there (evaluate.py). Its state is kept in ROOT/NAME/sweep_status.json (written
 by the local runner and on hand-over); a run handed to a cluster is read from its
 metrics.jsonl instead. Local runs are subprocesses of `twlv train` with --start_over,
 so a rerun resumes from the newest checkpoint or, without one, starts the run afresh.
@@ -11,12 +12,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
 from twlv_jax import config as cfglib
+from twlv_jax.sweep import evaluate
 from twlv_jax.sweep.expand import Run
 
 LAUNCHERS = ("local", "slurm", "tpu_vm", "xpk")
@@ -120,8 +123,9 @@ def _term_with_parent() -> None:
 
 
 class LocalRunner:
-    """Runs `twlv train` for each run in turn; SIGINT/SIGTERM is passed to the run going
-    on (which checkpoints and exits) and ends the sweep after it."""
+    """Runs `twlv train` (and the evaluation step) for each run in turn; SIGINT/SIGTERM is
+    passed to the command going on (a training run checkpoints and exits) and ends the
+    sweep after it."""
 
     def __init__(self, root: str):
         self.root = root
@@ -141,6 +145,18 @@ class LocalRunner:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def _call(self, command: list[str], log) -> int:
+        """Runs one command to its end, its output appended to `log`."""
+        # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on
+        # once. If the sweep dies (kill -9), the child gets SIGTERM, so a rerun never finds
+        # it still running in the same workdir.
+        self._child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, preexec_fn=_term_with_parent)
+        try:
+            return self._child.wait()
+        finally:
+            self._child = None
+
     def run(self, run: Run) -> tuple[str, str]:
         """Trains one run to its end (or a stop); returns and records (state, detail)."""
         folder = run_dir(self.root, run)
@@ -148,16 +164,45 @@ class LocalRunner:
         start = os.path.getsize(log_path) if os.path.isfile(log_path) else 0
         write_status(folder, "running", f"log: {log_path}")
         with open(log_path, "a") as log:
-            # Its own session: a Ctrl-C in the terminal reaches the sweep, which passes it on
-            # once. If the sweep dies (kill -9), the run gets SIGTERM, so a rerun never
-            # finds it still training in the same workdir.
-            self._child = subprocess.Popen(train_command(self.root, run), stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True,
-                                           preexec_fn=_term_with_parent)
-            returncode = self._child.wait()
-            self._child = None
+            returncode = self._call(train_command(self.root, run), log)
         with open(log_path) as f:
             f.seek(start)
             state, detail = _outcome(returncode, f.read())
         write_status(folder, state, detail)
         return state, detail
+
+    def evaluate(self, run: Run) -> str:
+        """The evaluation step of a finished run (twlv embed, knn, probe); returns '' when
+        it completed, else why not (also kept as the run's note, so a rerun retries it)."""
+        folder = run_dir(self.root, run)
+        step = evaluate.last_step(folder)
+        if step is None:
+            return _note(folder, "evaluation failed: the run has no checkpoint")
+        log_path = os.path.join(folder, "eval.log")
+        with open(log_path, "a") as log:
+            for command in evaluate.commands(folder, run.evaluation, step):
+                start = log.tell()
+                log.write(f"$ {shlex.join(command)}\n")
+                log.flush()
+                returncode = self._call(command, log)
+                if self.stopped:
+                    return _note(folder, f"evaluation interrupted by {self.stopped}")
+                if returncode != 0:
+                    with open(log_path) as f:
+                        f.seek(start)
+                        why = _last_error(f.read(), f"twlv {command[3]}:")
+                    return _note(folder, f"evaluation failed: {why} (log: {log_path})")
+        write_status(folder, "done")
+        return ""
+
+
+def _last_error(output: str, prefix: str) -> str:
+    """The last line that starts with `prefix` (a verb's one-line error), else the last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith(prefix)]
+    return (said or lines or ["no output"])[-1][:400]
+
+
+def _note(folder: str, detail: str) -> str:
+    write_status(folder, "done", detail)
+    return detail

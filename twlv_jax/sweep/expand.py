@@ -11,6 +11,7 @@ import inspect
 import math
 
 from twlv_jax import config as cfglib
+from twlv_jax.sweep.evaluate import EvalError, Evaluation, for_run
 from twlv_jax.sweep.hyper import Hyper, run_names
 from twlv_jax.train.validate import validate
 
@@ -28,6 +29,7 @@ class Run:
     overrides: list[tuple[str, str]]     # (key, text): the common ones, then the run's own
     values: dict                         # the run's sweep values {key: value}
     config: object = None                # the resolved ConfigDict
+    evaluation: Evaluation | None = None  # its evaluation step, when the sweep asks for one
 
     def cli_overrides(self) -> list[str]:
         return [f"--config.{k}={v}" for k, v in self.overrides]
@@ -81,9 +83,10 @@ def fixed_devices(shape) -> int:
 
 
 def build_run(name: str, spec: str, values: dict, common: list[tuple[str, str]],
-              num_devices: int | None) -> Run:
+              num_devices: int | None, evaluation: dict | None = None) -> Run:
     """One run, its config resolved and validated (for `num_devices`, or the mesh's fixed
-    axes when None); SweepError names the run and the key."""
+    axes when None), and its evaluation step (`evaluate.requested`) resolved; SweepError
+    names the run and the key."""
     args = {k[len("arg."):]: v for k, v in values.items() if k.startswith("arg.")}
     own = [(k[len("config."):], cli_text(v)) for k, v in values.items() if k.startswith("config.")]
     run = Run(name, spec, [*common, *own], values)
@@ -91,16 +94,19 @@ def build_run(name: str, spec: str, values: dict, common: list[tuple[str, str]],
         run.spec = with_args(spec, args)
         run.config = cfglib.build(run.spec, run.overrides)
         validate(run.config, num_devices or fixed_devices(run.config.mesh.shape))
-    except (cfglib.ConfigError, SweepError) as error:
+        if evaluation:
+            run.evaluation = for_run(evaluation, run.config)
+    except (cfglib.ConfigError, SweepError, EvalError) as error:
         detail = "; ".join(line.strip(" -") for line in str(error).splitlines()[1:]) or str(error)
         raise SweepError(f"run {name}: {detail}") from None
     return run
 
 
-def expand(spec: str, common: list[tuple[str, str]] = (), *,
-           num_devices: int | None) -> list[Run]:
-    """All runs of the sweep in `spec`, each validated for `num_devices` devices."""
+def expand(spec: str, common: list[tuple[str, str]] = (), *, num_devices: int | None,
+           evaluation: dict | None = None) -> list[Run]:
+    """All runs of the sweep in `spec`, each validated for `num_devices` devices, with the
+    evaluation step `evaluation` (evaluate.requested) when given."""
     values = sweep_of(spec)
     names = run_names(values)
-    return [build_run(n, spec, v, list(common), num_devices)
+    return [build_run(n, spec, v, list(common), num_devices, evaluation)
             for n, v in zip(names, values, strict=True)]

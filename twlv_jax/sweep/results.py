@@ -1,8 +1,8 @@
 """The sweep's results table: ROOT/results.md, ROOT/results.csv and ROOT/results.png.
 
 One row per run: its state (a failed run says why), its sweep values, the last logged
-step's loss terms and throughput, and the last online-probe scores, all read from the
-run's metrics.jsonl.
+step's loss terms and throughput and the last online-probe scores (from the run's
+metrics.jsonl), and the top-1 of the sweep's evaluation step (`eval/<probe>_<label>`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import csv
 import math
 import os
 
+from twlv_jax.sweep.evaluate import scores
 from twlv_jax.sweep.execute import last_records, run_dir, state_of
 from twlv_jax.sweep.expand import Run
 from twlv_jax.sweep.hyper import format_value, short_keys
@@ -31,6 +32,7 @@ def rows(root: str, runs: list[Run]) -> list[dict]:
         row.update({k: train[k] for k in METRICS if k in train})
         row.update({k: v for k, v in train.items() if k.startswith("loss/")})
         row.update({k: v for k, v in probe.items() if k.startswith("probe/")})
+        row.update(scores(folder, run.evaluation))
         row["note"] = detail
         table.append(row)
     return table
@@ -63,13 +65,14 @@ def write_markdown(path: str, table: list[dict], title: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def probe_keys(table: list[dict]) -> list[str]:
-    return sorted({k for row in table for k in row if k.startswith("probe/")})
+def score_keys(table: list[dict]) -> list[str]:
+    """The top-1 columns: the online k-NN probe's and the evaluation step's."""
+    return sorted({k for row in table for k in row if k.startswith(("probe/knn_", "eval/"))})
 
 
 def write_plot(path: str, table: list[dict], title: str) -> bool:
-    """A bar chart of each run's last probe scores; False (nothing written) without any."""
-    keys = probe_keys(table)
+    """A bar chart of each run's top-1 scores; False (nothing written) without any."""
+    keys = score_keys(table)
     if not keys:
         return False
     import matplotlib
@@ -80,12 +83,12 @@ def write_plot(path: str, table: list[dict], title: str) -> bool:
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
     for i, key in enumerate(keys):
-        scores = [row.get(key, math.nan) for row in table]
+        values = [row.get(key, math.nan) for row in table]
         positions = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(names))]
-        ax.bar(positions, [s if isinstance(s, float) else math.nan for s in scores], width,
-               label=key[len("probe/"):])
+        ax.bar(positions, [s if isinstance(s, float) else math.nan for s in values], width,
+               label=key.replace("probe/", "online ").replace("eval/", ""))
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("last online probe score")
+    ax.set_ylabel("val top-1")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
