@@ -1,7 +1,10 @@
 """Encoder, heads and teachers: shapes, equivalences, parameter counts, sharding."""
 
 import contextlib
+import importlib.util
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ import pytest
 from flax import nnx
 
 from twlv_jax import models
-from twlv_jax.models import posembed
+from twlv_jax.models import cpu_kernels, posembed
 from twlv_jax.models.heads import DistillHeads, MaskedPredictor
 from twlv_jax.models.layers import Attention
 from twlv_jax.models.vit import patchify
@@ -274,9 +277,8 @@ def test_blockwise_attention_matches_xla_forward_and_gradients(tokens, heads):
     from twlv_jax.models.attention import blockwise_attention, plan, query_blocks
 
     assert query_blocks(300) == 2 and query_blocks(100) == 1 and query_blocks(1568) == 8
-    # Short sequences: all heads at once; long ones: one head at a time, blocks of >= 392.
     assert plan(24, 160) == (24, 1) and plan(4, 300, 128) == (4, 4)
-    assert plan(12, 1568) == (1, 4) and plan(4, 800, 128) == (1, 2)
+    assert plan(12, 1568, 784, one_head=True) == (1, 4) and plan(4, 800, 784, True) == (1, 2)
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, tokens, heads, 16))
     probe = jax.random.normal(jax.random.key(1), (2, tokens, heads, 16))
 
@@ -284,11 +286,14 @@ def test_blockwise_attention_matches_xla_forward_and_gradients(tokens, heads):
         return jnp.sum(attend(q, k, v) * probe)
 
     reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
-    blockwise = lambda q, k, v: blockwise_attention(q, k, v, target=128)
-    np.testing.assert_allclose(blockwise(q, k, v), reference(q, k, v), atol=1e-5)
-    for ours, ref in zip(jax.grad(loss, argnums=(1, 2, 3))(blockwise, q, k, v),
-                         jax.grad(loss, argnums=(1, 2, 3))(reference, q, k, v)):
-        np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+    ref_grads = jax.grad(loss, argnums=(1, 2, 3))(reference, q, k, v)
+    # All heads at once, one head at a time, and the CPU kernel (one head from 512 tokens).
+    for attend in (lambda q, k, v: blockwise_attention(q, k, v, target=128),
+                   lambda q, k, v: blockwise_attention(q, k, v, target=128, one_head=True),
+                   cpu_kernels.attention):
+        np.testing.assert_allclose(attend(q, k, v), reference(q, k, v), atol=1e-5)
+        for ours, ref in zip(jax.grad(loss, argnums=(1, 2, 3))(attend, q, k, v), ref_grads):
+            np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_bfloat16_matmul_runs_its_backward_in_bfloat16():
@@ -316,10 +321,15 @@ def test_bfloat16_matmul_runs_its_backward_in_bfloat16():
     ("lbnd,lde->lbne", (3, 2, 5, 8), (3, 8, 6)),        # per-layer heads: not one matrix
     ("...i,io->...o", (2, 5, 8), (8, 6)),               # Dense
 ])
-def test_matmul_of_multi_axis_kernels_matches_einsum(spec, x_shape, k_shape):
-    from twlv_jax.models.layers import _matrix_split, matmul
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_matmul_of_multi_axis_kernels_matches_einsum(spec, x_shape, k_shape, kernels, monkeypatch):
+    """The CPU kernel (TWLV_CPU_KERNELS unset or 1) and the plain einsum (0) alike."""
+    from twlv_jax.models.layers import matmul
 
-    assert _matrix_split(spec) == {"bnd,dkhe->bnkhe": 1, "bnhe,hed->bnd": 2, "...i,io->...o": 1}.get(spec)
+    monkeypatch.setenv(cpu_kernels.ENV, kernels)
+    assert cpu_kernels.enabled() == (kernels == "1")
+    split = {"bnd,dkhe->bnkhe": 1, "bnhe,hed->bnd": 2, "...i,io->...o": 1}.get(spec)
+    assert cpu_kernels._matrix_split(spec) == split
     x = jax.random.normal(jax.random.key(0), x_shape)
     w = jax.random.normal(jax.random.key(1), k_shape)
     probe = jax.random.normal(jax.random.key(2), jnp.einsum(spec, x, w).shape)
@@ -358,6 +368,59 @@ def test_cpu_matmul_flattens_rows_in_float32_on_one_device_only():
         assert forward.invars[0].aval.shape[:-1] == ((10,) if x_rank == 2 else (2, 5))
         assert [v.aval.ndim for v in weight_grad.invars] == [x_rank, x_rank]
         assert weight_grad.outvars[0].aval.shape == (8, 24)
+
+
+def test_encoder_gradients_are_the_same_with_and_without_cpu_kernels(monkeypatch):
+    """On CPUs the model takes the CPU kernels (custom gradients, blockwise attention); with
+    TWLV_CPU_KERNELS=0 the plain einsum and XLA attention; both give the same forward and
+    gradients."""
+    enc = models.encoder("tiny", **TINY)
+    graphdef, params = nnx.split(enc, nnx.Param)
+    video, keep = clip(), jnp.tile(jnp.arange(0, 64, 2)[None], (2, 1))
+
+    def loss(params):
+        out = nnx.merge(graphdef, params)(video, keep=keep)
+        return jnp.sum(out["tokens"] * jnp.cos(out["tokens"]))
+
+    results = {}
+    for kernels in ("1", "0"):
+        monkeypatch.setenv(cpu_kernels.ENV, kernels)
+        jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+        custom = {e.primitive.name for e in _equations(jaxpr)} & {"custom_vjp_call", "custom_vjp_call_jaxpr"}
+        assert bool(custom) == (kernels == "1")
+        results[kernels] = jax.value_and_grad(loss)(params)
+    np.testing.assert_allclose(results["1"][0], results["0"][0], rtol=1e-5)
+    for ours, plain in zip(jax.tree.leaves(results["1"][1]), jax.tree.leaves(results["0"][1])):
+        np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="TPU targets need libtpu")
+def test_accelerator_targets_never_take_the_cpu_kernels():
+    """The twlv train step lowered for a TPU topology from this CPU-only process (as `twlv plan`
+    does) traces no op through the CPU kernels or the blockwise attention that 'auto' picks on
+    CPUs; lowered for the simulated CPU devices, it does. In a process of its own: libtpu locks
+    its TPU for the process that loads it."""
+    script = """if True:
+        from twlv_jax import config as cfglib
+        from twlv_jax.plan import targets
+        from twlv_jax.plan.compile import prepare
+        from twlv_jax.train import step as steplib
+        config = cfglib.build("configs/pretrain.py:variant=tiny,objective=twlv", [])
+        for name in ("tpu:v5p:2x2x1", "cpu:4"):
+            setup, video, _ = prepare(config, targets.devices(targets.parse(name)))
+            lowered = steplib.jit_train_step(setup).lower(setup.abstract_state,
+                                                          setup.abstract_teachers, video, 0.0)
+            text = lowered.as_text(debug_info=True)
+            print(name, *(text.count(key) for key in ("cpu_kernels.py", "models/attention.py",
+                                                      "optimization_barrier", "dot_general")))
+    """
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = {line.split()[0]: [int(n) for n in line.split()[1:]]
+              for line in result.stdout.splitlines()}
+    tpu, cpu = counts["tpu:v5p:2x2x1"], counts["cpu:4"]
+    assert tpu[:3] == [0, 0, 0] and tpu[3] > 0
+    assert min(cpu) > 0
 
 
 def _equations(jaxpr):

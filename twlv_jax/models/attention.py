@@ -6,13 +6,9 @@ backward pass. Here queries go in blocks: the forward keeps only q, k, v, the ou
 the log-sum-exp per query, and the backward recomputes each block's probabilities
 (FlashAttention's scheme, in plain JAX).
 
-Heads run in groups, heads-major with one transpose in and out. Short sequences run all
-B x H heads as one group in blocks of at least `target`/2 queries; on CPUs long ones (at
-least `LONG` tokens) go one head at a time in blocks of at least `LONG_TARGET`/2 queries, so
-a block's probabilities stay small (accelerators keep all heads at once). On the 2-core
-CPU ViT-B train steps are 1.7-3.3x faster than with `xla` attention and need 47-71% less
-XLA temp memory; heads one at a time make the pixel decoder's attention (1568 tokens)
-1.15-1.35x faster than all heads at once (benchmarks/results/train_step.md, BENCHMARKS.md).
+Heads run in groups, heads-major with one transpose in and out: all B x H heads as one
+group in blocks of at least `target`/2 queries, or with `one_head` one head at a time (what
+`cpu_kernels.attention` does for long sequences).
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 F32 = jnp.float32
-LONG = 512            # tokens from which heads go one at a time on CPUs
-LONG_TARGET = 784     # query block target then
 
 
 def query_blocks(tokens: int, target: int = 256) -> int:
@@ -35,11 +29,9 @@ def query_blocks(tokens: int, target: int = 256) -> int:
     return max(c for c in range(1, tokens + 1) if tokens % c == 0 and tokens // c >= target // 2)
 
 
-def plan(heads: int, tokens: int, target: int = 256) -> tuple[int, int]:
+def plan(heads: int, tokens: int, target: int = 256, one_head: bool = False) -> tuple[int, int]:
     """(heads per group, query blocks) for `heads` = B x H heads of `tokens` tokens."""
-    if tokens >= LONG and jax.default_backend() == "cpu":
-        return 1, query_blocks(tokens, max(target, LONG_TARGET))
-    return heads, query_blocks(tokens, target)
+    return 1 if one_head else heads, query_blocks(tokens, target)
 
 
 def _split(x: jax.Array, blocks: int) -> jax.Array:
@@ -91,8 +83,7 @@ def _backward_group(q, k, v, d_out, lse, delta, blocks: int):
     # dK and dV contract over the queries. XLA's CPU backend runs a product contracting the
     # probabilities' leading axis as a float32 loop, so the accumulators are kept transposed,
     # (G, D, N), from small transposed copies of the query and gradient blocks (barriers keep
-    # XLA from folding the transposes back into the products): 1.3x faster bfloat16
-    # attention at the pixel decoder's shape.
+    # XLA from folding the transposes back into the products).
     q_blocks, d_out_blocks = _split(q, blocks), _split(d_out, blocks)     # (blocks, G, n, D)
     transposed = jax.lax.optimization_barrier((q_blocks.swapaxes(-1, -2),
                                                d_out_blocks.swapaxes(-1, -2)))
@@ -129,12 +120,13 @@ def _attend(q, k, v, group, blocks):
 _attend.defvjp(_forward, _backward)
 
 
-def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, target: int = 256) -> jax.Array:
+def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, target: int = 256,
+                        one_head: bool = False) -> jax.Array:
     """softmax(q kᵀ / sqrt(D)) v for (B, N, H, D) inputs, as `jax.nn.dot_product_attention`;
-    the result is float32."""
+    the result is float32. Query blocks of at least `target`/2; `one_head`: heads one at a time."""
     b, n, h, d = q.shape
     scale = 1.0 / np.sqrt(d)
     heads_major = lambda t: t.transpose(0, 2, 1, 3).reshape(b * h, t.shape[1], d)   # (B*H, N, D)
     q, k, v = (heads_major(t) for t in ((q * scale).astype(q.dtype), k, v))
-    out = _attend(q, k, v, *plan(b * h, n, target))
+    out = _attend(q, k, v, *plan(b * h, n, target, one_head))
     return out.reshape(b, h, n, d).transpose(0, 2, 1, 3)                  # (B, N, H, D)

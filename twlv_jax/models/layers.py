@@ -8,7 +8,6 @@ Blocks of a `Transformer` are stacked (leading `layers` axis) and run either wit
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -16,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from twlv_jax.models import cpu_kernels
 from twlv_jax.models import rope as rotary
 from twlv_jax.models.attention import blockwise_attention
-from twlv_jax.parallel.sharding import constrain, partitioned
+from twlv_jax.parallel.sharding import constrain
 
 F32 = jnp.float32
 IMPLEMENTATIONS = (None, "auto", "blockwise", "xla", "cudnn")
@@ -44,82 +44,30 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     """einsum in the compute dtype with float32 accumulation; the result is float32.
 
     In bfloat16 the backward matmuls run in bfloat16 too (float32 accumulation), as
-    `torch.autocast` does. On GPUs and TPUs the product is written in bfloat16 (their
-    matmuls accumulate in float32 regardless) and widened after: half the memory traffic,
-    1.37x faster ViT-B steps on an H200. On CPUs see `_cpu_einsum`.
+    `torch.autocast` does. The product is written in bfloat16 (GPU and TPU matmuls accumulate
+    in float32 regardless) and widened after: half the memory traffic. Compiled for CPUs:
+    `cpu_kernels.matmul`.
     """
-    dtype, on_cpu = jnp.dtype(dtype), jax.default_backend() == "cpu"
-    if on_cpu and (split := _matrix_split(spec)):
-        # One matrix product, x (..., C) by kernel (C, R). XLA's CPU backend copies a kernel
-        # with several C or R axes, transposed, for the backward matmul (4x slower ViT qkv
-        # backward); as a matrix its backward reads the kernel as it is.
-        lead = x.shape[:x.ndim - split]
-        # float32: x with one row axis. Its weight gradient then contracts that axis in place;
-        # with several row axes XLA first copies x transposed, recomputing x's producers
-        # (LayerNorm, GELU) in a slow strided loop (ViT-B videomae steps 2-10% faster).
-        # bfloat16 keeps the row axes: XLA's in-place bf16 product is 3-6x slower than its
-        # bf16 kernel on the transposed copy. So do meshes of several devices: the row axes
-        # carry the batch sharding, and merging them made GSPMD reshard through collective
-        # permutes (XLA's in-process CPU collectives deadlocked on them).
-        one_row_axis = dtype == F32 and not partitioned()
-        rows = (int(np.prod(lead)),) if one_row_axis else lead
-        y = _cpu_einsum("...i,io->...o", dtype)(
-            x.reshape(*rows, -1),                                      # (rows, prod(C))
-            kernel.reshape(int(np.prod(kernel.shape[:split])), -1))    # (prod(C), prod(R))
-        return y.reshape(*lead, *kernel.shape[split:])
-    if on_cpu:
-        return _cpu_einsum(spec, dtype)(x, kernel)
+    if cpu_kernels.enabled():
+        return cpu_kernels.matmul(x, kernel, spec, dtype)
+    dtype = jnp.dtype(dtype)
     if dtype == F32:
         return jnp.einsum(spec, x.astype(F32), kernel.astype(F32), preferred_element_type=F32)
     y = jnp.einsum(spec, x.astype(dtype), kernel.astype(dtype), preferred_element_type=dtype)
     return y.astype(F32)
 
 
-def _matrix_split(spec: str) -> int | None:
-    """For einsums `x kernel -> y` that are one matrix product, x (..., C) by kernel (C, R) with
-    C and R groups of axes (x's last, the kernel's first and last), the number of C axes."""
-    operands, out = spec.split("->")
-    lhs, rhs = operands.split(",")
-    split = sum(1 for axis in rhs if axis in lhs and axis not in out)
-    contracted, kept = rhs[:split], rhs[split:]
-    if split and lhs.endswith(contracted) and out == lhs[:-split] + kept:
-        return split
-    return None
-
-
-@functools.cache
-def _cpu_einsum(spec: str, dtype):
-    """einsum(spec) of operands cast to `dtype` with a float32 result, for XLA's CPU backend,
-    with a custom gradient:
-
-    - XLA's CPU backend is fastest asking for float32 results, so the backward casts the
-      incoming cotangent to `dtype` (bfloat16: without it both backward matmuls would run in
-      float32);
-    - the saved operands are the float32 inputs, cast again in the backward (saving `dtype`
-      copies makes XLA convert whole stacked buffers in a layer scan);
-    - in float32 too: left to autodiff, XLA fuses the forward's producers (LayerNorm, GELU)
-      into the transposed copies the weight gradients need and recomputes them per element
-      there (ViT-B videomae float32 steps: 3.11 -> 2.90 s, unrolled layers 3.86 -> 3.15 s).
-    """
-    operands, out = spec.split("->")
-    lhs, rhs = operands.split(",")
-
-    @jax.custom_vjp
-    def einsum(a, b):
-        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=F32)
-
-    def forward(a, b):
-        return einsum(a, b), (a, b)
-
-    def backward(residuals, g):
-        a, b = residuals
-        a16, b16, g16 = a.astype(dtype), b.astype(dtype), g.astype(dtype)
-        da = jnp.einsum(f"{out},{rhs}->{lhs}", g16, b16, preferred_element_type=F32)
-        db = jnp.einsum(f"{lhs},{out}->{rhs}", a16, g16, preferred_element_type=F32)
-        return da.astype(a.dtype), db.astype(b.dtype)
-
-    einsum.defvjp(forward, backward)
-    return einsum
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+    """softmax(q kᵀ / sqrt(D)) v of (B, N, H, D) heads by `implementation` (see `Attention`).
+    Compiled for CPUs, 'auto' and 'blockwise' are `cpu_kernels.attention`."""
+    if implementation in ("auto", "blockwise") and cpu_kernels.enabled():
+        return cpu_kernels.attention(q, k, v)
+    if implementation == "blockwise":
+        return blockwise_attention(q, k, v)
+    if implementation == "auto":
+        gpu16 = cpu_kernels.target_platform() == "gpu" and q.dtype.itemsize == 2
+        implementation = "cudnn" if gpu16 else None
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
 class Dense(nnx.Module):
@@ -156,8 +104,8 @@ class Attention(nnx.Module):
 
     qkv kernel is (D, 3, H, Dh); `qkv_bias` is 'all', 'qv' (VideoMAE: no key bias) or 'none'.
     `implementation`: 'blockwise' (memory-efficient, `attention.py`), 'xla' or 'cudnn' (through
-    `jax.nn.dot_product_attention`), or 'auto': cuDNN on GPUs in 16-bit, blockwise on CPUs,
-    JAX's choice elsewhere.
+    `jax.nn.dot_product_attention`), or 'auto': cuDNN on GPUs in 16-bit, blockwise on CPUs
+    (`cpu_kernels.attention`), JAX's choice elsewhere.
     """
 
     def __init__(self, dim: int, heads: int, *, qkv_bias: str = "all", dtype=F32,
@@ -196,15 +144,7 @@ class Attention(nnx.Module):
         if rope is not None:
             q, k = rotary.rotate(q, rope), rotary.rotate(k, rope)
         q, k, v = (t.astype(self.dtype) for t in (q, k, v))
-        impl = self.implementation
-        if impl == "auto":
-            backend = jax.default_backend()
-            impl = ("blockwise" if backend == "cpu" else
-                    "cudnn" if backend == "gpu" and jnp.dtype(self.dtype).itemsize == 2 else None)
-        if impl == "blockwise":
-            y = blockwise_attention(q, k, v)
-        else:
-            y = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+        y = attend(q, k, v, self.implementation)
         return matmul(y, self.out[...], "bnhe,hed->bnd", self.dtype) + self.out_bias[...]
 
     def cls_attention(self, x: jax.Array) -> jax.Array:

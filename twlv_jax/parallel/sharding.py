@@ -104,7 +104,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def partitioned() -> bool:
-    """Whether the code being traced runs under `use_rules` with a mesh of several devices."""
+def current_mesh() -> Mesh | None:
+    """The mesh of the enclosing `use_rules`; None outside it."""
     context = _CONTEXT.get()
-    return context is not None and context[0].size > 1
+    return None if context is None else context[0]
