@@ -26,6 +26,7 @@ from twlv_jax.export import (  # noqa: E402
     vjepa2,
 )
 from twlv_jax.export.table import ConversionError, export_params, import_params  # noqa: E402
+from twlv_jax.models import weights as weightlib  # noqa: E402
 from twlv_jax.train import checkpoint as ckptlib  # noqa: E402
 
 TINY_HF = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
@@ -355,7 +356,6 @@ def test_import_clip_into_the_image_teacher(tmp_path):
     from flax import nnx
 
     from twlv_jax import models
-    from twlv_jax.models import weights as weightlib
 
     torch.manual_seed(0)
     kwargs = dict(hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=2,
@@ -387,3 +387,166 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("twlv export: checkpoint ") and err.count("\n") == 1
     assert export_cli.main(["npz", "--checkpoint", str(tmp_path), "--output", "x.bin"]) == 2
     assert "needs a .npz file name" in capsys.readouterr().err
+
+
+def jepa_sincos(dim, side, depth, uniform_power=True):
+    """V-JEPA's get_3d_sincos_pos_embed (src/models/utils/pos_embs.py), rewritten: (N, dim)."""
+    grid_h, grid_d, grid_w = np.meshgrid(np.arange(side, dtype=float), np.arange(depth, dtype=float),
+                                         np.arange(side, dtype=float))
+    dims = (3 * [int(np.ceil(dim / 6) * 2)] if uniform_power else [dim // 2, dim // 4, dim // 4])
+
+    def one(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=float) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([one(d, g) for d, g in zip(dims, (grid_d, grid_h, grid_w), strict=True)], 1)
+    return table[:, :dim].astype(np.float32)
+
+
+def timm_blocks(rng, prefix, depth, dim, mlp, qkv_bias):
+    """The block keys and shapes of V-JEPA's / UMT's (VideoMAE's) `Block`, random values."""
+    def r(*shape):
+        return torch.from_numpy(0.05 * rng.standard_normal(shape).astype(np.float32))
+
+    state = {}
+    for i in range(depth):
+        b = f"{prefix}{i}."
+        state.update({b + "norm1.weight": 1 + r(dim), b + "norm1.bias": r(dim),
+                      b + "attn.qkv.weight": r(3 * dim, dim), b + "attn.proj.weight": r(dim, dim),
+                      b + "attn.proj.bias": r(dim), b + "norm2.weight": 1 + r(dim),
+                      b + "norm2.bias": r(dim), b + "mlp.fc1.weight": r(mlp, dim),
+                      b + "mlp.fc1.bias": r(mlp), b + "mlp.fc2.weight": r(dim, mlp),
+                      b + "mlp.fc2.bias": r(dim)})
+        if qkv_bias == "all":
+            state[b + "attn.qkv.bias"] = r(3 * dim)
+        else:
+            state.update({b + "attn.q_bias": r(dim), b + "attn.v_bias": r(dim)})
+    return state
+
+
+def jepa_encoder(seed, *, uniform_power=True):
+    """V-JEPA's VisionTransformer (vision_transformer.py) state: tiny widths, a (4, 4, 4) grid."""
+    rng = np.random.default_rng(seed)
+    state = {"patch_embed.proj.weight": torch.from_numpy(0.05 * rng.standard_normal(
+                 (64, 3, 2, 8, 8)).astype(np.float32)),
+             "patch_embed.proj.bias": torch.zeros(64) + 0.01,
+             "pos_embed": torch.from_numpy(jepa_sincos(64, 4, 4, uniform_power))[None],
+             "norm.weight": torch.ones(64) * 1.1, "norm.bias": torch.zeros(64) - 0.02,
+             **timm_blocks(rng, "blocks.", 2, 64, 256, "all")}
+    return {f"module.backbone.{k}": v for k, v in state.items()}
+
+
+def jepa_predictor(seed, width=32):
+    """V-JEPA's VisionTransformerPredictor state (predictor.py), use_mask_tokens with 2 tokens."""
+    rng = np.random.default_rng(seed)
+    state = {"predictor_embed.weight": torch.from_numpy(0.05 * rng.standard_normal(
+                 (width, 64)).astype(np.float32)),
+             "predictor_embed.bias": torch.zeros(width) + 0.03,
+             "mask_tokens.0": torch.zeros(1, 1, width), "mask_tokens.1": torch.ones(1, 1, width),
+             "predictor_pos_embed": torch.from_numpy(jepa_sincos(width, 4, 4))[None],
+             "predictor_norm.weight": torch.ones(width), "predictor_norm.bias": torch.zeros(width),
+             "predictor_proj.weight": torch.from_numpy(0.05 * rng.standard_normal(
+                 (64, width)).astype(np.float32)),
+             "predictor_proj.bias": torch.zeros(64),
+             **timm_blocks(rng, "predictor_blocks.", 1, width, 4 * width, "all")}
+    return {f"module.backbone.{k}": v for k, v in state.items()}
+
+
+def reference_tokens(state, video, **fields):
+    """Tokens of a PyTorch module with the timm layout (the custom export model) loading
+    `state` strictly: the forward of V-JEPA's and UMT's encoders."""
+    from twlv_jax.export.remote.configuration_twlv import TwlvVideoConfig
+    from twlv_jax.export.remote.modeling_twlv import TwlvVideoModel
+
+    model = TwlvVideoModel(TwlvVideoConfig(hidden_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=256,
+                                           num_frames=8, image_size=32, tubelet_size=2,
+                                           patch_size=8, **fields)).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        return model(pixel_values=torch.from_numpy(parity.normalized(video))).last_hidden_state.numpy()
+
+
+def test_import_original_vjepa_by_key_map(tmp_path):
+    from flax import nnx
+
+    from twlv_jax.export import encoder_tables
+    from twlv_jax.objectives.hybrid import Pretrainer
+    from twlv_jax.objectives.presets import resolve
+
+    path = str(tmp_path / "vitt16.pth.tar")
+    torch.save({"encoder": jepa_encoder(0), "target_encoder": jepa_encoder(1),
+                "predictor": jepa_predictor(2), "epoch": 3}, path)
+    out = str(tmp_path / "imported")
+    assert import_cli.main(["vjepa", "--input", path, "--output", out]) == 0
+    with open(os.path.join(out, "import_report.json")) as f:
+        report = json.load(f)
+    notes = "\n".join(report["notes"])
+    assert "target_encoder -> the student; pos_embed checked: our sincos3d table for the grid " \
+           "(4, 4, 4)" in notes and "checked by key names and shapes" in notes
+    assert "mask_tokens.1 (V-JEPA's default mask_index) is used, mask_tokens.0 not" in notes
+    # the student is the target encoder, the latent predictor V-JEPA's: both tables give
+    # back the original arrays
+    config, params = student.read(out)
+    assert (config.model.pos_embed, config.model.frames, config.objective.preset) == \
+           ("sincos3d", 8, "vjepa")
+    target = {k.removeprefix("module.backbone."): v.numpy() for k, v in jepa_encoder(1).items()}
+    back = export_params(params, encoder_tables.torch_rules(set(params), 2, 8))
+    assert sorted(back) == sorted(set(target) - {"pos_embed"})
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, target[key])
+    # a PyTorch module of V-JEPA's layout loads the state dict strictly and computes our tokens
+    video = clips(seed=13)
+    target_state = {k: torch.from_numpy(v) for k, v in target.items() if k != "pos_embed"}
+    np.testing.assert_allclose(load_encoder(out)(video, tokens=True)["tokens"],
+                               reference_tokens(target_state, video, qkv_bias="all",
+                                                pos_embed="sincos3d"), atol=1e-5, rtol=0)
+    model = nnx.eval_shape(lambda: Pretrainer(config, resolve(config.objective), rngs=nnx.Rngs(0)))
+    _, abstract = nnx.split(model)
+    loaded, lines = ckptlib.load_params(out, nnx.to_pure_dict(abstract))   # init_from, strictly
+    assert lines[0].startswith("loaded 35 of 35 parameter arrays")
+    predictor = {k.removeprefix("latent.predictor."): np.asarray(v) for k, v in
+                 weightlib.flatten(loaded).items() if k.startswith("latent.predictor.")}
+    original = {k.removeprefix("module.backbone."): v.numpy() for k, v in jepa_predictor(2).items()}
+    for key, value in export_params(predictor, encoder_tables.vjepa_predictor_rules(
+            set(predictor), 1)).items():
+        np.testing.assert_array_equal(value, original[key])
+    # V-JEPA without uniform_power splits the width 1/2, 1/4, 1/4: refused, nothing written
+    torch.save({"target_encoder": jepa_encoder(0, uniform_power=False)}, path)
+    assert import_cli.main(["vjepa", "--input", path, "--output", str(tmp_path / "no")]) == 2
+    assert not os.path.exists(tmp_path / "no")
+
+
+def test_import_original_umt_by_key_map(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    encoder = {"patch_embed.proj.weight": torch.from_numpy(0.05 * rng.standard_normal(
+                   (64, 3, 2, 8, 8)).astype(np.float32)),
+               "patch_embed.proj.bias": torch.zeros(64) + 0.01,
+               "norm.weight": torch.ones(64), "norm.bias": torch.zeros(64),
+               **timm_blocks(rng, "blocks.", 2, 64, 256, "qv")}
+    clip_decoder = {"clip_decoder.0.head.weight": torch.zeros(32, 64),
+                    "clip_decoder.0.head.bias": torch.zeros(32),
+                    "clip_decoder.0.norm.weight": torch.ones(32),
+                    "clip_decoder.0.norm.bias": torch.zeros(32)}
+    path = str(tmp_path / "umt.pth")
+    torch.save({"model": {**{f"encoder.{k}": v for k, v in encoder.items()}, **clip_decoder},
+                "epoch": 200}, path)
+    out = str(tmp_path / "imported")
+    # UMT's pretraining grid is (8, 14, 14): this tiny one was trained on 8 frames at 32 px
+    assert import_cli.main(["umt", "--input", path, "--output", out, "--frames", "8",
+                            "--image_size", "32"]) == 0
+    with open(os.path.join(out, "import_report.json")) as f:
+        report = json.load(f)
+    assert report["ignored"] == ["4 keys of pretraining/classification heads (clip_decoder)"]
+    config = load_encoder(out).config
+    assert (config.model.qkv_bias, config.model.pos_embed, config.model.frames) == ("qv", "sincos1d", 8)
+    video = clips(seed=14)
+    np.testing.assert_allclose(load_encoder(out)(video, tokens=True)["tokens"],
+                               reference_tokens(encoder, video, qkv_bias="qv", pos_embed="sincos1d"),
+                               atol=1e-5, rtol=0)
+    # a state dict of another project is named as such
+    torch.save({"model": {"blocks.0.norm1.weight": torch.ones(64)}}, path)
+    capsys.readouterr()
+    assert import_cli.main(["umt", "--input", path, "--output", str(tmp_path / "no")]) == 2
+    assert "no encoder.* keys" in capsys.readouterr().err

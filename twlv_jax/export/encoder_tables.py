@@ -141,19 +141,15 @@ def vjepa2_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
     return rules
 
 
-def torch_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
-    """Our encoder <-> flat PyTorch names (timm / original VideoMAE layout)."""
-    blk = "blocks.{i}."
-    rules = [patch_rule("patch_embed.proj.weight", tubelet, patch),
-             same("patch_embed.bias", "patch_embed.proj.bias"),
-             *_norm(B + "norm1", blk + "norm1", True),
+def _timm_layers(blk: str, names: set[str]) -> list[Rule]:
+    """Our stacked blocks <-> timm-style blocks at `blk` (a key prefix with `{i}`)."""
+    rules = [*_norm(B + "norm1", blk + "norm1", True),
              dense(B + "attn.qkv", blk + "attn.qkv.weight", True),
              dense(B + "attn.out", blk + "attn.proj.weight", True, heads_in=True),
              same(B + "attn.out_bias", blk + "attn.proj.bias", True),
              *_norm(B + "norm2", blk + "norm2", True),
              *_linear(B + "mlp.fc1", blk + "mlp.fc1"),
-             *_linear(B + "mlp.fc2", blk + "mlp.fc2"),
-             *_norm("norm", "norm", False)]
+             *_linear(B + "mlp.fc2", blk + "mlp.fc2")]
     if B + "attn.qkv_bias" in names:
         rules.append(flat(B + "attn.qkv_bias", blk + "attn.qkv.bias", True))
     if B + "attn.q_bias" in names:
@@ -162,3 +158,23 @@ def torch_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
     if B + "gamma1" in names:
         rules += [same(B + "gamma1", blk + "gamma_1", True), same(B + "gamma2", blk + "gamma_2", True)]
     return rules
+
+
+def torch_rules(names: set[str], tubelet: int, patch: int) -> list[Rule]:
+    """Our encoder <-> flat PyTorch names (timm / original VideoMAE and V-JEPA layout)."""
+    return [patch_rule("patch_embed.proj.weight", tubelet, patch),
+            same("patch_embed.bias", "patch_embed.proj.bias"),
+            *_timm_layers("blocks.{i}.", names),
+            *_norm("norm", "norm", False)]
+
+
+def vjepa_predictor_rules(names: set[str], mask_token: int) -> list[Rule]:
+    """Our latent predictor (`MaskedPredictor`) <-> V-JEPA's `VisionTransformerPredictor`,
+    taking its mask token `mask_token` (positions: a fixed table on both sides)."""
+    return [dense("embed.kernel", "predictor_embed.weight"),
+            same("embed.bias", "predictor_embed.bias"),
+            same("mask_token", f"mask_tokens.{mask_token}"),
+            *_timm_layers("predictor_blocks.{i}.", names),
+            *_norm("norm", "predictor_norm", False),
+            dense("head.kernel", "predictor_proj.weight"),
+            same("head.bias", "predictor_proj.bias")]

@@ -16,15 +16,30 @@ def _safetensors(path: str) -> dict[str, np.ndarray]:
         return {k: f.get_tensor(k) for k in f.keys()}   # noqa: SIM118 (a handle, not a dict)
 
 
-def _torch_file(path: str) -> dict[str, np.ndarray]:
+def torch_checkpoint(path: str) -> dict:
+    """A PyTorch checkpoint file as torch loads it (tensors only, no code run)."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises its own error types
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+
+
+def arrays(state: dict) -> dict[str, np.ndarray]:
+    """The tensors of a state dict as numpy (bfloat16 widened to float32)."""
+    import torch
+
+    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_file(path: str) -> dict[str, np.ndarray]:
+    state = torch_checkpoint(path)
     for key in ("model", "module", "state_dict"):      # original training checkpoints nest it
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-            for k, v in state.items() if hasattr(v, "numpy")}
+    return arrays(state)
 
 
 def _index(path: str) -> dict[str, np.ndarray]:

@@ -1,13 +1,17 @@
-"""`twlv import videomae|vjepa2|clip`: external weights into our models, strictly, with a report.
+"""`twlv import videomae|vjepa2|vjepa|umt|clip`: external weights into our models, strictly,
+with a report.
 
     twlv import videomae --input hf_videomae/ --output imported/      # a student checkpoint
     twlv import videomae --input hf_videomae/ --output teacher.safetensors   # video teacher file
     twlv import vjepa2 --input hf_vjepa2/ --output imported/
+    twlv import vjepa --input vitl16.pth.tar --output imported/     # original V-JEPA
+    twlv import umt --input umt_b16.pth --output imported/          # original UMT
     twlv import clip --input hf_clip/ --output clip.safetensors --variant clip_b16
 
 `videomae` reads a `VideoMAEModel` or `VideoMAEForPreTraining` folder (config.json plus
 weights; `q_bias`/`v_bias` names accepted), `vjepa2` a `VJEPA2Model` or
-`VJEPA2ForVideoClassification` folder, into our encoder: a checkpoint folder that
+`VJEPA2ForVideoClassification` folder, `vjepa` and `umt` those projects' own PyTorch
+checkpoints (by key map, original.py), into our encoder: a checkpoint folder that
 `twlv embed`, `twlv export` and `twlv train --config.init_from=DIR
 --config.init_strict=false` (the heads start fresh) take, or with a .safetensors output
 the weights file of `objective.video_teacher.weights`. `clip` writes the image teacher's
@@ -26,8 +30,8 @@ import os
 import sys
 
 from twlv_jax.eval.outputs import fail
-from twlv_jax.export import files, hf_clip, parity, student, videomae, vjepa2
-from twlv_jax.export.table import import_params, prefixed
+from twlv_jax.export import files, hf_clip, original, parity, student, videomae, vjepa2
+from twlv_jax.export.table import Report, import_params, prefixed
 from twlv_jax.models import weights as weightlib
 
 ENCODERS = {"videomae": videomae, "vjepa2": vjepa2}   # formats imported into our encoder
@@ -36,13 +40,19 @@ DECODER = "pixel.decoder."                             # our pixel decoder in th
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twlv import", description=__doc__.split("\n\n")[0])
-    p.add_argument("format", choices=(*ENCODERS, "clip"))
+    p.add_argument("format", choices=(*ENCODERS, "vjepa", "umt", "clip"))
     p.add_argument("--input", required=True, help="Hugging Face folder or weights file")
     p.add_argument("--output", required=True,
                    help="checkpoint folder, or a .safetensors weights file")
     p.add_argument("--allow", action="append", default=[], metavar="PATTERN",
                    help="accept problems of keys matching this fnmatch pattern (repeatable)")
     p.add_argument("--variant", default="clip_b16", help="clip: the teacher variant")
+    p.add_argument("--key", default="target_encoder", choices=("target_encoder", "encoder"),
+                   help="vjepa: which encoder of the checkpoint becomes the student")
+    p.add_argument("--frames", type=int, default=0,
+                   help="umt: frames of its pretraining clips (0: UMT's grid, 8 x tubelet)")
+    p.add_argument("--image_size", type=int, default=0,
+                   help="umt: size of its pretraining clips (0: UMT's grid, 14 x patch)")
     return p
 
 
@@ -71,40 +81,44 @@ def _decoder(args, hf_config: dict, state: dict) -> tuple[dict | None, list[str]
                          "model block"]
 
 
+def _convert(config, state: dict, encoder_rules, heads: dict, *, source: str, allow,
+             ignore) -> tuple[dict, dict, Report]:
+    """(student params, head params under the model's names, report): `state` through
+    `encoder_rules(names)` into the student and `heads` {our prefix: rules(names)}."""
+    encoder = student.fresh(config)
+    like = {f"student.{k}": v for k, v in encoder.items()}
+    rules = prefixed(encoder_rules(set(encoder)), "student.")
+    fresh = student.fresh_heads(config) if heads else {}
+    for prefix, make in heads.items():
+        part = {k.removeprefix(prefix): v for k, v in fresh.items() if k.startswith(prefix)}
+        like.update({prefix + k: v for k, v in part.items()})
+        rules += prefixed(make(set(part)), prefix)
+    loaded, report = import_params(state, rules, like, source=source, allow=allow, ignore=ignore)
+    if report.ignored:
+        report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
+                          f"({', '.join(sorted({k.split('.')[0] for k in report.ignored}))})"]
+    params = {k.removeprefix("student."): v for k, v in loaded.items() if k.startswith("student.")}
+    return params, {k: v for k, v in loaded.items() if not k.startswith("student.")}, report
+
+
 def _encoder(args) -> tuple[dict, str]:
     fmt = ENCODERS[args.format]
     hf_config = files.read_config(args.input)
     variant, fields, notes = fmt.model_fields(hf_config)
     state = fmt.normalize_keys(files.read_state(args.input))
     pixel, decoder_notes = _decoder(args, hf_config, state)
-    config = (student.make_config(variant, fields, "videomae", pixel) if pixel
+    config = (student.make_config(variant, fields, "videomae",
+                                  {f"pixel.{k}": v for k, v in pixel.items()}) if pixel
               else student.make_config(variant, fields))
-    encoder = student.fresh(config)
-    like = {f"student.{k}": v for k, v in encoder.items()}
-    rules = prefixed(fmt.rules(config.model, set(encoder)), "student.")
-    ignore = fmt.IGNORE
-    if pixel:
-        heads = student.fresh_heads(config)
-        like.update(heads)
-        decoder = {k.removeprefix(DECODER) for k in heads}
-        rules += prefixed(videomae.decoder_rules(decoder), DECODER)
-        ignore = tuple(p for p in ignore if p not in videomae.DECODER)
-    loaded, report = import_params(state, rules, like, source=files.weights_file(args.input),
-                                   allow=args.allow, ignore=ignore)
-    params = {k.removeprefix("student."): v for k, v in loaded.items() if k.startswith("student.")}
-    heads = {k: v for k, v in loaded.items() if not k.startswith("student.")}
-    if report.ignored:
-        report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
-                          f"({', '.join(sorted({k.split('.')[0] for k in report.ignored}))})"]
+    heads = {DECODER: videomae.decoder_rules} if pixel else {}
+    ignore = tuple(p for p in fmt.IGNORE if not (pixel and p in videomae.DECODER))
+    params, heads, report = _convert(
+        config, state, lambda names: fmt.rules(config.model, names), heads,
+        source=files.weights_file(args.input), allow=args.allow, ignore=ignore)
     report.notes += [f"variant {variant}; positions: {_positions(args.format, fields)}", *notes,
                      *decoder_notes]
     result = report.to_dict()
-    if args.output.endswith(".safetensors"):
-        weightlib.save(weightlib.unflatten(params), args.output)
-    else:
-        step = student.write(args.output, config, params, source=os.path.abspath(args.input),
-                             heads=heads)
-        print(f"checkpoint step folder: {step}")
+    _write(args, config, params, heads)
     if os.path.isdir(args.input):
         check = parity.run(config, params, args.format, args.input)
         check["loading_problems"] = {}   # the heads of a pretraining folder are not ours
@@ -112,6 +126,37 @@ def _encoder(args) -> tuple[dict, str]:
         result["parity"] = check
         print(parity.summary(check))
     return result, "\n".join(report.lines())
+
+
+def _original(args) -> tuple[dict, str]:
+    if args.format == "vjepa":
+        src = original.read_vjepa(args.input, args.key,
+                                  predictor=not args.output.endswith(".safetensors"))
+    else:
+        src = original.read_umt(args.input, args.frames, args.image_size)
+    config = student.make_config(src.variant, src.fields, src.objective, src.objective_fields)
+    params, heads, report = _convert(config, src.state, src.encoder_rules, src.heads,
+                                     source=files.weights_file(args.input), allow=args.allow,
+                                     ignore=src.ignore)
+    report.notes += [f"variant {src.variant}; {args.format}: checked by key names and shapes, no "
+                     "reference model was run", *src.notes]
+    if src.heads:
+        flags = " ".join(f"--config.objective.{k}={v}" for k, v in src.objective_fields.items())
+        report.notes.append(f"twlv train --config.init_from={args.output} loads student and "
+                            f"heads strictly with --config.objective.preset={src.objective} "
+                            f"{flags} and this model block")
+    _write(args, config, params, heads)
+    return report.to_dict(), "\n".join(report.lines())
+
+
+def _write(args, config, params: dict, heads: dict) -> None:
+    """The student (and heads) as a checkpoint folder, or a video teacher weights file."""
+    if args.output.endswith(".safetensors"):
+        weightlib.save(weightlib.unflatten(params), args.output)
+    else:
+        step = student.write(args.output, config, params, source=os.path.abspath(args.input),
+                             heads=heads)
+        print(f"checkpoint step folder: {step}")
 
 
 def _clip(args) -> tuple[dict, str]:
@@ -127,7 +172,8 @@ def _clip(args) -> tuple[dict, str]:
 
 def _run(args) -> int:
     print(f"twlv import {args.format}: {args.input} -> {args.output}")
-    result, text = (_clip if args.format == "clip" else _encoder)(args)
+    result, text = {"clip": _clip, "vjepa": _original, "umt": _original}.get(
+        args.format, _encoder)(args)
     print(text)
     path = (os.path.join(args.output, "import_report.json") if os.path.isdir(args.output)
             else os.path.splitext(args.output)[0] + ".import_report.json")

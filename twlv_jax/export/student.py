@@ -72,12 +72,13 @@ def fresh_heads(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_config(variant: str, model: dict, objective: str = "twlv",
-                pixel: dict | None = None) -> ml_collections.ConfigDict:
-    """configs/pretrain.py for `variant` and the `objective` preset with the `model` (and
-    `objective.pixel`) fields set: what a checkpoint stores."""
+                heads: dict | None = None) -> ml_collections.ConfigDict:
+    """configs/pretrain.py for `variant` and the `objective` preset with the `model` fields
+    and the `objective` fields of `heads` (e.g. {"pixel.decoder_width": 384}) set: what a
+    checkpoint stores."""
     return cfglib.build(f"{os.path.abspath(PRETRAIN_CONFIG)}:variant={variant},objective={objective}",
                         [(f"model.{k}", v) for k, v in model.items()]
-                        + [(f"objective.pixel.{k}", v) for k, v in (pixel or {}).items()])
+                        + [(f"objective.{k}", v) for k, v in (heads or {}).items()])
 
 
 def write(directory: str, config, params: dict[str, np.ndarray], *, source: str,
