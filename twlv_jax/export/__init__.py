@@ -4,6 +4,7 @@
     encoder_tables.py  our encoder <-> VideoMAEModel / VJEPA2Model keys, <-> PyTorch (timm) names
     videomae.py        VideoMAE: what it can express, its config, key renames
     vjepa2.py          V-JEPA 2 (Hugging Face): its config, keys, what is ignored
+    original.py        original V-JEPA and UMT PyTorch checkpoints, by key map
     hf_clip.py         Hugging Face CLIP vision tower <-> the image teacher
     hf.py, remote/     the Hugging Face folders (VideoMAEModel or remote code), flat files
     parity.py          ours vs the exported model on the same clips
