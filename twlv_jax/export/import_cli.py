@@ -12,8 +12,9 @@ with a report.
 weights; `q_bias`/`v_bias` names accepted), `vjepa2` a `VJEPA2Model` or
 `VJEPA2ForVideoClassification` folder, `vjepa` and `umt` those projects' own PyTorch
 checkpoints (by key map, original.py), into our encoder: a checkpoint folder that
-`twlv embed`, `twlv export` and `twlv train --config.init_from=DIR
---config.init_strict=false` (the heads start fresh) take, or with a .safetensors output
+`twlv embed`, `twlv export` and `twlv train --config.init_from=DIR` take (strictly when it
+holds every head of the run, a VideoMAE decoder or V-JEPA predictor; else with
+--config.init_strict=false, the other heads start fresh), or with a .safetensors output
 the weights file of `objective.video_teacher.weights`. `clip` writes the image teacher's
 weights file (`teacher.weights`). Missing, unexpected and mis-shaped keys stop the import
 unless each matches an --allow pattern; the report (JSON beside the output) lists them,
