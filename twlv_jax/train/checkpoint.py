@@ -14,6 +14,14 @@ A checkpoint that cannot be read back (a truncated or missing array file, damage
 metadata, an empty step folder) is renamed `<step>.corrupt` so it is never retried, and
 the run falls back to the newest intact one (`restore_latest`). `verify` reads every
 array of a step and names what is damaged (`twlv inspect --verify`).
+
+Format versions: `meta` holds `format_version` (FORMAT_VERSION when written). Raise it
+whenever what is saved changes (the state's array tree, the items, the meta keys that
+are read back), and read older versions here, converting them as they are read. Every
+read of `meta` checks it: a newer version than this code knows is a FormatError.
+
+    1  before format versions (no `format_version` in meta); read as version 2
+    2  `format_version` in meta; otherwise as version 1
 """
 
 from __future__ import annotations
@@ -104,8 +112,29 @@ def versions() -> dict[str, str]:
     return result
 
 
+FORMAT_VERSION = 2
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written; the message names the folder and the OS error."""
+    """A checkpoint cannot be written or read; the message names the folder and why."""
+
+
+class FormatError(CheckpointError):
+    """A checkpoint's format version is newer than this code reads."""
+
+
+def format_version(meta: dict) -> int:
+    """The format version of a checkpoint's meta (1: written before versions existed)."""
+    return meta.get("format_version", 1)
+
+
+def check_format(meta: dict, where: str) -> None:
+    """Raises FormatError when the checkpoint at `where` is newer than FORMAT_VERSION."""
+    version = format_version(meta)
+    if version > FORMAT_VERSION:
+        raise FormatError(f"checkpoint {where} has format version {version}, but this twlv-jax "
+                          f"reads versions up to {FORMAT_VERSION}: read it with the newer "
+                          "twlv-jax that wrote it")
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -208,7 +237,7 @@ class Checkpoints:
         self.manager.save(step, force=True, args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state),
             data=grain.checkpoint.CheckpointSave(data_iterator),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})))
 
     def restore(self, step: int, abstract_state: dict, data_iterator) -> tuple[dict, dict]:
         """(state on the target shardings, meta); `data_iterator` is restored in place."""
@@ -247,9 +276,12 @@ class Checkpoints:
         return None
 
     def checked(self, step: int, read: Callable[[], object]):
-        """`read()`, with any failure turned into CorruptCheckpoint naming the step."""
+        """`read()`, with any failure but a FormatError turned into CorruptCheckpoint naming
+        the step (a newer format is not damage: that checkpoint must not be set aside)."""
         try:
             return read()
+        except FormatError:
+            raise
         except Exception as error:  # Orbax and TensorStore raise many types
             raise CorruptCheckpoint(f"checkpoint {self.directory}/{step} is corrupt "
                                     f"({_reason(error)})") from error
@@ -278,6 +310,8 @@ class Checkpoints:
                            ("data", lambda: self._data_states(step))):
             try:
                 read()
+            except FormatError:
+                raise
             except Exception as error:  # Orbax raises many types
                 problems.append(f"{name}: {_reason(error)}")
         try:
@@ -323,7 +357,10 @@ class Checkpoints:
             state=ocp.args.PyTreeRestore(tree, restore_args=args)))
 
     def meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        """The step's metadata; a FormatError when its format is newer than this code's."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        check_format(meta, f"{self.directory}/{step}")
+        return meta
 
     def state_metadata(self, step: int):
         """The saved state's tree of array metadata (shape, dtype); needs no devices."""
@@ -352,6 +389,7 @@ def load_params(path: str, abstract_params: dict, *, strict: bool = True) -> tup
     step = checkpoints.latest_step()
     if step is None:
         raise FileNotFoundError(f"init_from: no checkpoint found under {path!r}")
+    checkpoints.meta(step)                          # a FormatError when it is too new
     saved = weightlib.flatten(checkpoints.state_metadata(step).get("params", {}))
     expected = weightlib.flatten(abstract_params)
     problems = {}                                   # parameter name -> what is wrong

@@ -1,5 +1,6 @@
 """`twlv inspect CKPT_DIR`: what a checkpoint holds, read from its metadata alone (no
-accelerators, any device count): step, config, library versions, and the array tree.
+accelerators, any device count): step, config, library versions, format version, and
+the array tree.
 `--verify` also reads every array and the data states, and names what is damaged."""
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import sys
 
 import numpy as np
 
-from twlv_jax.train.checkpoint import Checkpoints, CorruptCheckpoint, flat_arrays, resolve_dir
+from twlv_jax.train.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    CorruptCheckpoint,
+    flat_arrays,
+    format_version,
+    resolve_dir,
+)
 
 
 def _size(nbytes: float) -> str:
@@ -65,7 +73,9 @@ def describe(path: str, step: int | None = None, *, show_config: bool = False) -
              f"run         model {config['model']['variant']}, objective {config['objective']['preset']}, "
              f"batch {config['train']['batch_size']}, steps {config['train']['steps']}, "
              f"mesh {meta['mesh']} on {meta['process_count']} process(es)",
-             "versions    " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
+             "versions    " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+             f"format      {format_version(meta)}"
+             + (" (written before checkpoint format versions)" if "format_version" not in meta else "")]
     if show_config:
         lines += ["config", json.dumps(config, indent=2, sort_keys=True)]
     groups: dict[str, list[int]] = {}
@@ -102,7 +112,7 @@ def main(argv: list[str]) -> int:
             print(report)
             return 0 if healthy else 1
         print(describe(args.path, args.step, show_config=args.config))
-    except (FileNotFoundError, CorruptCheckpoint) as error:
+    except (FileNotFoundError, CorruptCheckpoint, CheckpointError) as error:
         print(f"twlv inspect: {error}" + ("; `twlv inspect --verify` names what is damaged"
                                           if isinstance(error, CorruptCheckpoint) else ""),
               file=sys.stderr)

@@ -183,7 +183,10 @@ def restore_or_init(run: Run) -> str:
     if found is not None:
         run.step, run.state, meta = found
         run.batches, run.skipped = meta["batches"], list(meta.get("skipped_batches", []))
-        return f"resumed from {run.checkpoints.directory} step {run.step}"
+        version, current = ckptlib.format_version(meta), ckptlib.FORMAT_VERSION
+        upgrade = (f" (checkpoint format {version}, read as format {current}; new checkpoints "
+                   f"are format {current})") if version < current else ""
+        return f"resumed from {run.checkpoints.directory} step {run.step}{upgrade}"
     if had_checkpoints:
         refuse_fresh_start(run, "every checkpoint is corrupt (set aside: "
                            f"{', '.join(run.checkpoints.corrupt())})")
