@@ -95,6 +95,7 @@ def get_config(arg=None):
     c.train = ConfigDict(dict(
         steps=duration(200 if tiny else "800ep"),
         batch_size=8 if tiny else 2048,            # global, in clips
+        microbatches=1,                            # > 1: gradient accumulation in one step
         log_every=10 if tiny else 50,
         ckpt_every=duration(100 if tiny else 2000),
         keep=3,                                    # checkpoints kept

@@ -17,6 +17,16 @@ def visible_counts(keep, n):
     return counts
 
 
+@pytest.mark.parametrize("kind", masking.KINDS)
+def test_a_microbatch_draws_the_masks_of_its_samples_in_the_whole_batch(kind):
+    attention = jax.random.uniform(jax.random.key(9), (12, 4, 36))
+    whole = masking.make_mask(kind, jax.random.key(4), 12, GRID, 0.8, attention)
+    rows = jnp.arange(1, 12, 3)                    # every third sample, from the second
+    part = masking.make_mask(kind, jax.random.key(4), rows, GRID, 0.8, attention[rows])
+    for full, sub in zip(whole, part, strict=True):
+        np.testing.assert_array_equal(sub, np.asarray(full)[np.asarray(rows)])
+
+
 @pytest.mark.parametrize("kind,ratio,expected_visible", [
     ("tube", 0.9, 4 * (36 - 32)), ("random", 0.75, N - 108), ("multiblock3d", 0.9, N - 129),
     ("attention", 0.8, 4 * (36 - 28)),
@@ -59,7 +69,7 @@ def test_tube_mask_is_the_same_in_every_frame():
 
 def test_attention_mask_keeps_high_attention_tokens_more_often():
     attention = jnp.tile(jnp.linspace(0.01, 1.0, 36)[None, None], (512, 4, 1))
-    keep, _ = masking.attention_mask(jax.random.key(0), attention, GRID, 0.8)
+    keep, _ = masking.attention_mask(jax.random.key(0), 512, attention, GRID, 0.8)
     counts = visible_counts(keep, N).reshape(4, 36).sum(0)
     low, high = counts[:12].sum(), counts[-12:].sum()
     assert high > 3 * low

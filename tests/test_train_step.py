@@ -66,6 +66,32 @@ def test_sharded_loss_and_gradients_match_one_device(preset, shape, rules):
     assert g8["student"]["blocks"]["blocks"]["mlp"]["fc1"]["kernel"].sharding.spec != ()
 
 
+@pytest.mark.parametrize("preset,microbatches", [("twlv", 2), ("videomae", 4), ("vjepa", 2)])
+def test_microbatches_give_the_whole_batch_update(preset, microbatches):
+    # 8 x M clips over 8 devices (fsdp): M sequential microbatches against one pass.
+    video = moving_squares(8 * microbatches)
+    results = []
+    for count in (1, microbatches):
+        config = tiny(preset, f"train.batch_size={8 * microbatches}", f"train.microbatches={count}")
+        validate(config, num_devices=8)
+        setup, state, teachers = setup_on(config, "1,-1,1", jax.devices())
+        loss, terms, grads = steplib.jit_grads(setup)(state, teachers, video)
+        new_state, _ = steplib.jit_train_step(setup)(state, teachers, video, np.float32(0))
+        results.append((loss, terms, grads, new_state["params"]))
+    (l1, t1, g1, p1), (lm, tm, gm, pm) = results
+    assert relative_error(lm, l1) < 1e-5
+    for name in t1:
+        assert relative_error(tm[name], t1[name]) < 1e-5, name
+    assert max(jax.tree.leaves(jax.tree.map(relative_error, gm, g1))) < 1e-4
+    assert max(jax.tree.leaves(jax.tree.map(relative_error, pm, p1))) < 1e-5
+
+
+def test_microbatches_must_divide_the_per_device_batch():
+    with pytest.raises(cfglib.ConfigError, match=r"train.microbatches=3 does not divide the "
+                       r"per-device batch 2 \(train.batch_size=16 over 8 data-parallel devices\)"):
+        validate(tiny("videomae", "train.batch_size=16", "train.microbatches=3"), num_devices=8)
+
+
 def shard_bytes(tree, device):
     total = 0
     for x in jax.tree.leaves(tree):

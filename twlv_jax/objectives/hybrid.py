@@ -94,10 +94,12 @@ def config_block(config, key: str):
 
 
 def losses(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
-           video: jax.Array, rng: jax.Array, objective: Objective, config) -> dict[str, jax.Array]:
-    """Every enabled target's loss for a batch of uint8 clips (B, T, H, W, 3)."""
-    return loss_terms(predictions(model, frozen, ema_student, video, rng, objective, config),
-                      objective)
+           video: jax.Array, rng: jax.Array, objective: Objective, config,
+           samples: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Every enabled target's loss for a batch of uint8 clips (B, T, H, W, 3); `samples`
+    as in `predictions`."""
+    return loss_terms(predictions(model, frozen, ema_student, video, rng, objective, config,
+                                  samples=samples), objective)
 
 
 def loss_terms(pairs: dict[str, tuple[jax.Array, jax.Array]],
@@ -121,9 +123,12 @@ def baselines(pairs: dict[str, tuple[jax.Array, jax.Array]],
 
 def predictions(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: VideoViT | None,
                 video: jax.Array, rng: jax.Array, objective: Objective, config, *,
+                samples: jax.Array | None = None,
                 train: bool = True) -> dict[str, tuple[jax.Array, jax.Array]]:
     """{target: (prediction, target)} of every enabled target for uint8 clips (B, T, H, W, 3).
 
+    `samples`: the clips' indices (B,) in the global batch when `video` is a microbatch of
+    it, so that each clip gets its mask in the whole batch; None: the whole batch.
     `train=False` turns stochastic depth off (held-out evaluation)."""
     targets = enabled(objective)
     student_model = model.student
@@ -139,7 +144,8 @@ def predictions(model: Pretrainer, frozen: dict[str, nnx.Module], ema_student: V
                 frozen["image_teacher"], video, config, count, grid, student_model.tubelet)
 
     with jax.named_scope("mask"):
-        keep, masked = make_mask(objective.mask_kind, r_mask, video.shape[0], grid,
+        keep, masked = make_mask(objective.mask_kind, r_mask,
+                                 video.shape[0] if samples is None else samples, grid,
                                  objective.mask_ratio, attention)
     collect = sorted({i for t in targets.values()
                       for i in t.student_layers(config, student_model.depth)})

@@ -27,5 +27,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def microbatch_sharding(mesh: Mesh) -> NamedSharding:
+    """(microbatches, batch, ...): the second dimension split as `batch_sharding` splits the first."""
+    return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())

@@ -11,7 +11,7 @@ from flax import nnx
 
 from twlv_jax.objectives import hybrid
 from twlv_jax.objectives.targets.latent import ema_momentum, ema_update
-from twlv_jax.parallel.mesh import batch_sharding, replicated
+from twlv_jax.parallel.mesh import batch_sharding, microbatch_sharding, replicated
 from twlv_jax.parallel.sharding import use_rules
 from twlv_jax.train.state import Setup
 
@@ -26,6 +26,11 @@ def frozen_modules(setup: Setup, state: dict, teachers: dict):
 def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, poison=0.0):
     """(total loss, {term: loss}, grads of the trainable params) for one batch of uint8 clips.
 
+    With `train.microbatches` = M > 1 the batch runs as M sequential microbatches (a scan)
+    whose losses and gradients are averaged: the memory of one microbatch, the update of the
+    whole batch. Microbatch m takes clips m, m + M, m + 2M, ..., so that each device keeps
+    its own clips, and every clip gets the mask it gets in the whole batch.
+
     `poison` is added to every loss term, and with `train.inject_nan_into=grads` to every
     gradient too: 0 normally; the loop's fault injection (`train.inject_nan_batches`)
     passes NaN to stand for a batch that breaks the numerics (the parameters then become
@@ -34,13 +39,31 @@ def loss_and_grads(setup: Setup, state: dict, teachers: dict, video: jax.Array, 
     rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     frozen, ema = frozen_modules(setup, state, teachers)
 
-    def loss_fn(params):
+    def loss_fn(params, clips, samples):
         model = nnx.merge(setup.model_def, params)
-        terms = hybrid.losses(model, frozen, ema, video, rng, setup.objective, setup.config)
+        terms = hybrid.losses(model, frozen, ema, clips, rng, setup.objective, setup.config,
+                              samples)
         terms = {name: value + poison for name, value in terms.items()}
         return hybrid.total(terms, setup.objective), terms
 
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    count = setup.config.train.microbatches
+    if count == 1:
+        (loss, terms), grads = grad_fn(state["params"], video, None)
+    else:
+        batch = video.shape[0]
+        # (B, ...) -> (B/M, M, ...) -> (M, B/M, ...): microbatch m is clips m, m + M, ...
+        micro = jnp.swapaxes(video.reshape(batch // count, count, *video.shape[1:]), 0, 1)
+        micro = jax.lax.with_sharding_constraint(micro, microbatch_sharding(setup.mesh))
+        samples = jnp.arange(batch).reshape(batch // count, count).T          # (M, B/M)
+
+        def accumulate(total, xs):
+            return jax.tree.map(jnp.add, total, grad_fn(state["params"], *xs)), None
+
+        shapes = jax.eval_shape(grad_fn, state["params"], micro[0], samples[0])
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        total, _ = jax.lax.scan(accumulate, zeros, (micro, samples))
+        (loss, terms), grads = jax.tree.map(lambda x: x / count, total)
     if setup.config.train.inject_nan_into == "grads":
         grads = jax.tree.map(lambda g: g + poison, grads)
     return loss, terms, grads

@@ -27,8 +27,8 @@ CHOICES = {
     "mesh.rules": list(RULES), "train.nan_policy": ["stop", "rollback"],
     "train.inject_nan_into": ["loss", "grads"],
 }
-POSITIVE = ("train.batch_size", "train.log_every", "optim.lr", "model.frames", "model.image_size",
-            "model.tubelet", "model.patch", "train.keep")
+POSITIVE = ("train.batch_size", "train.microbatches", "train.log_every", "optim.lr", "model.frames",
+            "model.image_size", "model.tubelet", "model.patch", "train.keep")
 
 
 def _get(config, key: str):
@@ -69,10 +69,14 @@ def _check_mesh_and_batch(config, num_devices: int) -> list[str]:
         data, fsdp, _ = mesh_shape(config.mesh.shape, num_devices)
     except ConfigError as e:
         return [str(e)]
-    batch = config.train.batch_size
+    batch, micro = config.train.batch_size, config.train.microbatches
     if batch > 0 and batch % (data * fsdp):
         return [f"train.batch_size={batch} is not divisible by the data-parallel size "
                 f"{data * fsdp} (mesh data={data} x fsdp={fsdp}): use a multiple of {data * fsdp}"]
+    if batch > 0 and micro > 0 and (batch // (data * fsdp)) % micro:
+        return [f"train.microbatches={micro} does not divide the per-device batch "
+                f"{batch // (data * fsdp)} (train.batch_size={batch} over {data * fsdp} "
+                f"data-parallel devices): use a divisor of {batch // (data * fsdp)}"]
     return []
 
 
