@@ -4,6 +4,8 @@ Parameters are float32; `dtype` is the compute dtype of matmuls (bfloat16 runs w
 float32 accumulation). Norms, softmax and the residual stream stay in float32.
 Blocks of a `Transformer` are stacked (leading `layers` axis) and run either with
 `jax.lax.scan` or a Python loop over the same parameters, optionally rematerialised.
+Named scopes (`matmul`, `attention`, `layernorm`, the activation, `drop_path`,
+`layer_slices`) say what kind of work each op is in profiles (`benchmarks/step_profile.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init
                      eager_sharding=False)
 
 
+@jax.named_scope("matmul")
 def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     """einsum in the compute dtype with float32 accumulation; the result is float32.
 
@@ -57,6 +60,7 @@ def matmul(x: jax.Array, kernel: jax.Array, spec: str, dtype) -> jax.Array:
     return y.astype(F32)
 
 
+@jax.named_scope("attention")
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
     """softmax(q kᵀ / sqrt(D)) v of (B, N, H, D) heads by `implementation` (see `Attention`).
     Compiled for CPUs, 'auto' and 'blockwise' are `cpu_kernels.attention`."""
@@ -92,6 +96,7 @@ class LayerNorm(nnx.Module):
         self.bias = param(rngs, (dim,), (None,), nnx.initializers.zeros)
         self.eps = eps
 
+    @jax.named_scope("layernorm")
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(F32)
         mean = x.mean(-1, keepdims=True)
@@ -162,10 +167,13 @@ class Mlp(nnx.Module):
         self.act = act
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = ACTIVATIONS[self.act](self.fc1(x))
+        h = self.fc1(x)
+        with jax.named_scope(self.act):
+            h = ACTIVATIONS[self.act](h)
         return self.fc2(constrain(h, ("batch", "tokens", "act_mlp")))
 
 
+@jax.named_scope("drop_path")
 def drop_path(x: jax.Array, rate, rng: jax.Array | None) -> jax.Array:
     """Stochastic depth on a residual branch: drops whole samples with probability `rate`."""
     if rng is None:
@@ -253,12 +261,15 @@ class Transformer(nnx.Module):
             if end == start:
                 continue
             segment = slice(start, end)
-            inputs = jax.tree.map(lambda a, s=segment: a[s], (stacked, rates, keys))
+            with jax.named_scope("layer_slices"):
+                inputs = jax.tree.map(lambda a, s=segment: a[s], (stacked, rates, keys))
             if self.scan:
                 x, _ = jax.lax.scan(apply, x, inputs)
             else:
                 for i in range(end - start):
-                    x, _ = apply(x, jax.tree.map(lambda a, i=i: a[i], inputs))
+                    with jax.named_scope("layer_slices"):
+                        layer = jax.tree.map(lambda a, i=i: a[i], inputs)
+                    x, _ = apply(x, layer)
             if end - 1 in collect:
                 outputs[end - 1] = x
             start = end
