@@ -32,7 +32,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import train_step  # noqa: E402  (the profile summary of the CPU benchmark)
+import step_profile  # noqa: E402
 
 from twlv_jax import config as cfglib  # noqa: E402
 from twlv_jax.parallel.mesh import batch_sharding, make_mesh  # noqa: E402
@@ -41,13 +41,11 @@ from twlv_jax.train import state as statelib  # noqa: E402
 from twlv_jax.train import step as steplib  # noqa: E402
 
 BATCH = {"B": 32, "L": 16, "tiny": 2}
-PROFILE_NOTE = """One step of the first case measured, traced with `jax.profiler.trace` after its timed
-steps. The durations of the GPU's kernels are summed and attributed, through the compiled module's
-stack frames, to the line of `hybrid.losses` each comes from (part) and the innermost library
-function (kind of work); backward ops count for the forward code they differentiate. Inside CUDA
-command buffers every kernel names the buffer rather than its HLO op: fusion kernels are matched to
-their fusions by name, and cuBLAS, cuDNN and copy kernels are counted by library (part: "no HLO
-op"). The matmul classes name the element types the dots actually run in."""
+PROFILE_NOTE = ("One step of the first case measured, traced with `jax.profiler.trace` after its "
+                "timed steps; op time is the GPU kernels' time. Inside CUDA command buffers every "
+                "kernel names the buffer rather than its HLO op: fusion kernels are matched to their "
+                "fusions by name, and cuBLAS, cuDNN and copy kernels are counted by library (part: "
+                '"no HLO op"). ' + step_profile.NOTE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +123,7 @@ def measure(case: Case, overrides: list[tuple[str, str]], steps: int, warmup: in
             jax.block_until_ready((state, out))
             return time.perf_counter() - begin
         try:
-            result["profile"] = train_step.profile_step(compiled, one_step, os.environ.get("OUT"))
+            result["profile"] = step_profile.profile_step(compiled, one_step, os.environ.get("OUT"))
         except Exception as error:  # the case's numbers stand without it
             print(f"profile failed: {type(error).__name__}: {error}", flush=True)
     return result
@@ -153,7 +151,7 @@ def table(header: list[str], rows: list[str], skipped: list[Case], profiles: dic
              "compile + init (s) | loss |", "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]
     lines += [f"| {case.label} | skipped (time budget) | | | | | | |" for case in skipped]
     if profiles:
-        lines += ["", "## Profile", "", PROFILE_NOTE, *train_step.profile_section(profiles)]
+        lines += ["", "## Profile", "", PROFILE_NOTE, *step_profile.profile_section(profiles)]
     return "\n".join(lines) + "\n"
 
 

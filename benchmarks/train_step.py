@@ -3,26 +3,32 @@
 attention, the layer scan), and a profile of what bounds the step.
 
     .venv/bin/python benchmarks/train_step.py [--sizes tiny,S,B] [--precisions float32,bfloat16]
-        [--objectives videomae,twlv] [--batch N] [--steps N] [--quick]
+        [--objectives videomae,twlv] [--batch N] [--steps N] [--quick] [--baseline DIR] [--out FILE]
 
-Writes benchmarks/results/train_step.md and the CPU train-step section of BENCHMARKS.md, and
-prints the report.
+Writes benchmarks/results/train_step.md and the CPU train-step section of BENCHMARKS.md (with
+--out: FILE only), and prints the report.
 
-Every case (one model, objective, precision, variant) runs in a worker process of its own, so
-each has its own memory and threads. The cases that are compared with each other form a
-group: their workers are alive together and the parent asks each for one step in turn, round
-after round, so that they share the load of this shared machine. Step times are medians of the
+Every case (one model, objective, precision, variant) runs in a worker process of its own
+(`workers.py`), so each has its own memory and threads. The cases that are compared with each
+other form a group: their workers are alive together and the parent asks each for one step in
+turn, round after round (who goes first alternates), so that they share the load of this shared
+machine. Step times are medians of the
 timed steps; the compiling call and `--warmup` more steps are not timed. MFU is the analytic
 model FLOPs of a step (`twlv_jax.train.flops.step_flops`) over the step time and the matmul peak
 (`flops.measured_peak`: 2048^3, float32 accumulation), measured between the steps of the same
 run; the best of those measurements is used.
 
 Our step: model.attention=blockwise (what the default, `auto`, picks on CPUs:
-`twlv_jax/models/attention.py`) and model.scan=false (layers unrolled, faster on XLA's CPU
+`twlv_jax/models/cpu_kernels.py`) and model.scan=false (layers unrolled, faster on XLA's CPU
 backend than the layer scan of the config default). On the largest size the same step also runs
 with one override changed, side by side in the same groups: model.attention=xla
 (`jax.nn.dot_product_attention(implementation="xla")`, the library's behaviour before blockwise
-attention) and model.scan=true (the config default).
+attention) and model.scan=true (the config default). With `--baseline DIR`, our step as another
+checkout of the project (a git worktree of an earlier commit, say) has it runs side by side with
+ours in every group: a before/after comparison under the same load.
+
+The profile (`step_profile.py`) traces one step of ours per objective on the largest size and
+attributes its ops by the step's `jax.named_scope` names.
 """
 
 from __future__ import annotations
@@ -31,30 +37,26 @@ import argparse
 import collections
 import dataclasses
 import functools
-import glob
-import gzip
 import json
-import linecache
 import os
 import platform
 import re
-import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
+import step_profile
+import workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "train_step.md")
 INDEX = os.path.join(ROOT, "BENCHMARKS.md")
-MARK = "@@"                                  # worker replies: one JSON object per line after MARK
 # Our step: the attention the library picks on CPUs, layers unrolled.
 OURS = (("model.attention", "blockwise"), ("model.scan", "false"))
 # Variants of our step on the largest size: one override each (model.KEY=VALUE).
 VARIANTS = ("attention=xla", "scan=true")
+BASELINE = "baseline"
 # Default batch (clips) per size; the twlv objective runs a frozen CLIP-B and an EMA encoder too.
 BATCH = {"videomae": {"tiny": 8, "S": 2, "B": 2}, "twlv": {"tiny": 8, "S": 1, "B": 1}}
 STEPS = {"videomae": 5, "twlv": 2}
@@ -70,8 +72,17 @@ class Case:
     objective: str = "videomae"
     precision: str = "float32"
     batch: int = 0
-    variant: str = ""            # our step with one override, model.<variant> ("": ours as it is)
+    variant: str = ""            # our step with one override, model.<variant> ("": ours as it is;
+                                 # BASELINE: ours as the --baseline checkout has it)
     check: bool = False          # record first-batch gradient norms (compared between variants)
+    checkout: str = ""           # the checkout the worker runs in ("": this one)
+
+    def spec(self) -> dict:
+        """The worker's --worker argument: the case as the checkout it runs in sees it (a
+        baseline is that checkout's step as it is)."""
+        spec = dataclasses.asdict(self)
+        del spec["checkout"]
+        return dict(spec, variant="") if self.variant == BASELINE else spec
 
     @property
     def label(self) -> str:
@@ -80,231 +91,6 @@ class Case:
         who = "ours" + (f" ({self.variant})" if self.variant else "")
         who = "HF PyTorch" if self.framework == "torch" else who
         return f"{who} {self.size} {self.objective} {self.precision} x{self.batch}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Profile: trace events of one step, attributed to source and kind through the compiled HLO
-
-HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?[\]\})] ([a-z][a-z0-9\-]*)\((.*)$")
-HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
-CONTAINERS = {"while", "call", "conditional"}
-MOVEMENT = {"copy", "transpose", "dynamic-slice", "dynamic-update-slice", "slice", "concatenate", "pad",
-            "gather", "scatter", "broadcast", "reshape", "bitcast", "parameter", "constant", "tuple",
-            "get-tuple-element", "iota", "reverse", "convert"}
-# hybrid.py source text -> part of the step
-PARTS = (("student_model(", "encoder"), ("model.pixel.loss", "pixel decoder + loss"),
-         ("model.latent.loss", "latent predictor + loss"), ("ema_student(", "EMA encoder"),
-         ("teacher.features", "image teacher"), ("normalize_for_clip", "image teacher"),
-         ("make_mask", "mask sampling"), ("normalize(", "input normalisation"),
-         ("distill", "distill heads + loss"), ("video_teacher", "video teacher"))
-# innermost library function -> kind of work
-ATTENTION = "attention softmax(QKᵀ)V"
-KINDS = (("attention.py:", ATTENTION),
-         ("matmul", "dense matmuls"), ("_cpu_einsum", "dense matmuls"), ("Dense.", "dense matmuls"),
-         ("project_qkv", "dense matmuls"), ("Attention.", "dense matmuls"), ("LayerNorm", "layernorm"),
-         ("<lambda>", "GELU"), ("Mlp.", "GELU"),
-         ("Transformer.", "stacked layers: weight slices, stacking"), ("drop_path", "drop path"),
-         ("patchify", "patchify / gather"), ("gather_tokens", "patchify / gather"),
-         ("pixel_targets", "pixel targets"), ("masking.py", "mask sampling"))
-
-
-def _table(text: str, name: str) -> dict[int, str]:
-    """One of the debug tables (FileNames, FunctionNames, ...) at the top of an HLO module's text."""
-    start = text.find("\n" + name + "\n")
-    rows = {}
-    if start < 0:
-        return rows
-    for line in text[start + len(name) + 2:].split("\n"):
-        if not line.strip():
-            break
-        key, value = line.split(" ", 1)
-        rows[int(key)] = value.strip().strip('"')
-    return rows
-
-
-@dataclasses.dataclass(frozen=True)
-class Instruction:
-    op: str
-    dtype: str                  # element type of the result ('' for tuples)
-    operands: tuple[str, ...]
-    calls: tuple[str, ...]      # computations it runs (fusion bodies, loop bodies, reducers)
-    frame: int                  # stack frame id of its source (0: none)
-
-
-class HloIndex:
-    """Instructions of a compiled module: op, called computations, Python stack of the source."""
-
-    def __init__(self, text: str):
-        files, functions = _table(text, "FileNames"), _table(text, "FunctionNames")
-        self.locations = {}
-        for key, value in _table(text, "FileLocations").items():
-            m = re.search(r"file_name_id=(\d+) function_name_id=(\d+) line=(\d+)", value)
-            self.locations[key] = (files[int(m[1])], functions[int(m[2])], int(m[3]))
-        self.frames = {}
-        for key, value in _table(text, "StackFrames").items():
-            m = re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", value)
-            # The text form prints parent ids one higher than the frame ids (0: no parent).
-            self.frames[key] = (int(m[1]), int(m[2]) - 1)
-        self.computations: dict[str, list[str]] = {}
-        self.instructions: dict[str, Instruction] = {}
-        current = None
-        for line in text.split("\n"):
-            if m := HLO_COMPUTATION.match(line):
-                current = m[1]
-                self.computations[current] = []
-            elif (m := HLO_INSTRUCTION.match(line)) and current:
-                dtype = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[", line)
-                frame = re.search(r"stack_frame_id=(\d+)", m[3])
-                self.computations[current].append(m[1])
-                self.instructions[m[1]] = Instruction(
-                    m[2], dtype[1] if dtype else "", tuple(re.findall(r"%([\w.\-]+)", m[3].split(")")[0])),
-                    tuple(re.findall(r"(?:calls|body|to_apply)=%([\w.\-]+)", m[3])),
-                    int(frame[1]) if frame else 0)
-
-    def _inside(self, name: str) -> list[Instruction]:
-        """The instruction and, for a fusion, every instruction of its computations."""
-        found, todo, seen = [self.instructions[name]], list(self.instructions[name].calls), set()
-        while todo:
-            computation = todo.pop()
-            if computation in seen:
-                continue
-            seen.add(computation)
-            for inner in self.computations.get(computation, []):
-                found.append(self.instructions[inner])
-                todo += self.instructions[inner].calls
-        return found
-
-    def hlo_class(self, name: str) -> str:
-        """'matmul, <input types>' (a dot inside), 'data movement' (copies, slices, converts only)
-        or 'elementwise/reduce'."""
-        inside = self._inside(name)
-        ops = {i.op for i in inside[1:]} if inside[0].op == "fusion" else {inside[0].op}
-        dots = [i for i in inside if i.op in ("dot", "convolution")]
-        if dots:
-            types = sorted({self.instructions[o].dtype for d in dots for o in d.operands
-                            if o in self.instructions})
-            return f"matmul, {'/'.join(types)} inputs"
-        return "data movement" if ops <= MOVEMENT else "elementwise/reduce"
-
-    def stack(self, frame: int) -> list[tuple[str, str, int]]:
-        """(file, function, line) from the innermost frame out."""
-        out, seen = [], set()
-        while frame > 0 and frame not in seen and frame in self.frames:
-            seen.add(frame)
-            location, frame = self.frames[frame]
-            out.append(self.locations[location])
-        return out
-
-
-def _part(stack) -> str:
-    """Which part of the step a stack belongs to, from the line of `hybrid.losses` it came from."""
-    ours = [f for f in stack if "twlv_jax" in f[0] or "optax" in f[0]]
-    for file, function, line in ours:
-        if file.endswith("hybrid.py") and function == "losses":
-            text = linecache.getline(file, line)
-            part = next((p for key, p in PARTS if key in text), f"hybrid.py:{line}")
-            if part == "pixel decoder + loss" and any(f[1] == "pixel_targets" for f in ours):
-                return "pixel targets"
-            return part
-    if any("optax" in f[0] or (f[0].endswith("step.py") and f[1] == "train_step") for f in ours):
-        return "optimizer + metrics"
-    return "unattributed (no source)"
-
-
-def _kind(stack, hlo_class: str) -> str:
-    """The kind of work, from the innermost library frame."""
-    for file, function, line in stack:
-        if "twlv_jax" in file:
-            text = linecache.getline(file, line)
-            if "dot_product_attention(" in text or "blockwise_attention(" in text:
-                return ATTENTION                 # ops of the attention call (custom VJP's too)
-            key = f"{os.path.basename(file)}:{function}"
-            return next((kind for k, kind in KINDS if k in key), key)
-        if "optax" in file:
-            return "optimizer update"
-    return hlo_class
-
-
-# GPU kernels that name no HLO op (inside a command buffer every kernel names the buffer), by the
-# library that ran them: name fragment -> (HLO op class, kind of work)
-LIBRARY_KERNELS = (("cudnn", ("cuDNN kernel", ATTENTION)), ("sdpa", ("cuDNN kernel", ATTENTION)),
-                   ("nvjet", ("matmul, cuBLAS kernel", "dense matmuls")),
-                   ("gemm", ("matmul, cuBLAS kernel", "dense matmuls")),
-                   ("memcpy", ("data movement", "data movement")),
-                   ("memset", ("data movement", "data movement")))
-NO_OP = "no HLO op (library kernel in a command buffer)"
-
-
-def _trace_ops(events: list[dict], index: HloIndex):
-    """(op, milliseconds) for each op event of a trace. On a CPU: the host events named after HLO
-    instructions. On a GPU: each kernel on the device's streams, named by its `hlo_op`, else by the
-    fusion the kernel is named after (`loop_add_fusion_3` for `loop_add_fusion.3`), else by the
-    library that ran it (a `LIBRARY_KERNELS` class)."""
-    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-               and e["args"]["name"].startswith("/device:")}
-    op_names = lambda *names: [n for n in names if n in index.instructions
-                               and index.instructions[n].op not in CONTAINERS]
-    for event in events:
-        if event.get("ph") != "X" or (devices and event["pid"] not in devices):
-            continue
-        name, ms = event.get("name", ""), event["dur"] / 1e3
-        if not devices:
-            if op_names(name):
-                yield name, ms
-            continue
-        found = op_names(event.get("args", {}).get("hlo_op"), name, re.sub(r"_(\d+)$", r".\1", name))
-        yield (found[0] if found else
-               next((cls for key, (cls, _) in LIBRARY_KERNELS if key in name.lower()), "other kernel")), ms
-
-
-def summarize_trace(hlo_text: str, trace_path: str) -> dict:
-    """Sums the durations of the HLO ops of a perfetto trace (.json.gz) by part, kind and HLO
-    class."""
-    index = HloIndex(hlo_text)
-    with gzip.open(trace_path) as f:
-        events = json.load(f)
-    events = events["traceEvents"] if isinstance(events, dict) else events
-    durations, counts = collections.Counter(), collections.Counter()
-    for name, ms in _trace_ops(events, index):
-        durations[name] += ms
-        counts[name] += 1
-    library = {cls: kind for _, (cls, kind) in LIBRARY_KERNELS} | {"other kernel": "other kernel"}
-    parts, classes, top = collections.Counter(), collections.Counter(), []
-    for name, ms in durations.most_common():
-        if name in library:
-            hlo_class, part, kind = name, NO_OP, library[name]
-        else:
-            stack = index.stack(index.instructions[name].frame)
-            hlo_class = index.hlo_class(name)
-            part, kind = _part(stack), _kind(stack, hlo_class)
-        parts[(part, kind)] += ms
-        classes[hlo_class] += ms
-        if len(top) < 8:
-            top.append([name, counts[name], hlo_class, part, kind, ms])
-    return {"total_ms": sum(durations.values()), "parts": [[*k, v] for k, v in parts.most_common()],
-            "classes": dict(classes), "top": top}
-
-
-def profile_step(compiled, step, keep: str | None = None) -> dict:
-    """Traces one call of `step` (runs `compiled` once, returns its seconds) and summarises the
-    trace (`summarize_trace`), with XLA's cost analysis of the executable. `keep`: a folder to copy
-    the raw perfetto trace and the compiled module's text (gzipped) into."""
-    import jax
-    text = compiled.as_text()
-    with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder, create_perfetto_trace=True):
-            seconds = step()
-        trace = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)[0]
-        summary = summarize_trace(text, trace)
-        if keep:
-            shutil.copy(trace, os.path.join(keep, "perfetto_trace.json.gz"))
-            with gzip.open(os.path.join(keep, "step_hlo.txt.gz"), "wt") as f:
-                f.write(text)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    summary.update(step_s=seconds, xla_flops=cost.get("flops", 0.0),
-                   xla_bytes=cost.get("bytes accessed", 0.0))
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +163,7 @@ class JaxRunner:
         return time.perf_counter() - start
 
     def profile(self) -> dict:
-        return profile_step(self.compiled, self.step)
+        return step_profile.profile_step(self.compiled, self.step)
 
 
 def hf_config(case: Case):
@@ -470,65 +256,21 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def reply(**message) -> None:
-    print(MARK + json.dumps(message), flush=True)
-
-
-def peak_rss_gb() -> float:
-    """Largest resident memory of this process so far (GB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-
-
 def worker(spec: str) -> int:
-    """Builds the case, then answers `step`, `profile` and `quit` read from stdin."""
+    """Builds the case, then answers the parent's commands (`workers.serve`)."""
     case = Case(**json.loads(spec))
     runner = RUNNERS[case.framework](case)
-    extra = {"hf_attention": runner.attention} if case.framework == "torch" else {}
+    built = {"hf_attention": runner.attention} if case.framework == "torch" else {}
     if case.framework == "jax":
-        extra.update(grad_norms=runner.grad_norms, temp_gb=runner.temp_gb)
-    reply(compile_s=runner.compile_s, flops=runner.flops, loss=runner.loss, rss_gb=peak_rss_gb(), **extra)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "step":
-            reply(value=runner.step(), rss_gb=peak_rss_gb())
-        elif command == "profile":
-            reply(profile=runner.profile())
-        else:
-            break
-    return 0
+        built.update(grad_norms=runner.grad_norms, temp_gb=runner.temp_gb)
+    return workers.serve(runner, compile_s=runner.compile_s, flops=runner.flops, loss=runner.loss,
+                         **built)
 
 
-class Worker:
-    """The parent's handle on a worker process."""
-
-    def __init__(self, case: Case):
-        self.case = case
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(dataclasses.asdict(case))],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info: dict = {}
-
-    def read(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        raise RuntimeError(f"worker for {self.case.label} exited with {self.process.wait()}")
-
-    def ask(self, command: str) -> dict:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        """Asks the worker to quit; kills it if it does not within a minute."""
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.close()
-                self.process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
+def spawn(case: Case) -> workers.Worker:
+    """A worker for the case, in this checkout or the baseline's."""
+    root = case.checkout or ROOT
+    return workers.Worker(case.label, root, os.path.join("benchmarks", "train_step.py"), case.spec())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,45 +297,47 @@ class Result:
         return self.case.batch / self.seconds
 
 
-def start_workers(cases: list[Case], workers: list[Worker]) -> None:
-    """Starts a worker per case into `workers`, compiling in parallel; one after the other when
+def start_workers(cases: list[Case], started: dict[Case, workers.Worker]) -> None:
+    """Starts a worker per case into `started`, compiling in parallel; one after the other when
     the group holds a twlv model (each takes several GB while it compiles)."""
     one_by_one = any(c.objective == "twlv" and c.size != "tiny" for c in cases)
     for case in cases:
-        workers.append(Worker(case))
+        started[case] = spawn(case)
         if one_by_one:
-            workers[-1].info = workers[-1].read()
-    for w in workers:
+            started[case].info = started[case].read()
+    for case, w in started.items():
         w.info = w.info or w.read()
-        print(f"   ready: {w.case.label} (compile + first step {w.info['compile_s']:.1f} s, "
+        print(f"   ready: {case.label} (compile + first step {w.info['compile_s']:.1f} s, "
               f"loss {w.info['loss']:.4f}, peak RSS {w.info['rss_gb']:.1f} GB)", flush=True)
 
 
 def run_group(cases: list[Case], steps: int, warmup: int, profile: tuple[Case, ...] = ()) -> tuple:
     """Starts every case's worker, then interleaves their steps."""
     print(f"\n-- group: {', '.join(c.label for c in cases if c.framework != 'peak')}", flush=True)
-    workers: list[Worker] = []
+    started: dict[Case, workers.Worker] = {}
     try:
-        start_workers(cases, workers)
+        start_workers(cases, started)
         for _ in range(warmup):
-            for w in workers:
+            for w in started.values():
                 w.ask("step")
-        values, rss = {w.case: [] for w in workers}, {}
+        values, rss = {case: [] for case in started}, {}
         for round_ in range(steps):
-            for w in workers:
+            order = list(started.items())
+            for case, w in order[::-1] if round_ % 2 else order:     # who goes first alternates
                 answer = w.ask("step")
-                values[w.case].append(answer["value"])
-                rss[w.case] = answer["rss_gb"]
+                values[case].append(answer["value"])
+                rss[case] = answer["rss_gb"]
             print(f"   round {round_ + 1}/{steps}: " + ", ".join(
-                f"{w.case.label.split(' x')[0]} {values[w.case][-1]:.2f}" for w in workers
-                if w.case.framework != "peak"), flush=True)
-        profiles = {w.case: w.ask("profile")["profile"] for w in workers if w.case in profile}
+                f"{case.label.split(' x')[0]} {values[case][-1]:.2f}" for case in started
+                if case.framework != "peak"), flush=True)
+        profiles = {case: w.ask("profile")["profile"] for case, w in started.items() if case in profile}
     finally:
-        for w in workers:
+        for w in started.values():
             w.close()
-    results = [Result(w.case, values[w.case], w.info["compile_s"], w.info["flops"], w.info["loss"],
+    results = [Result(case, values[case], w.info["compile_s"], w.info["flops"], w.info["loss"],
                       w.info.get("hf_attention", ""), tuple(w.info.get("grad_norms", ())),
-                      w.info.get("temp_gb", 0.0), rss.get(w.case, w.info["rss_gb"])) for w in workers]
+                      w.info.get("temp_gb", 0.0), rss.get(case, w.info["rss_gb"]))
+               for case, w in started.items()]
     return results, profiles
 
 
@@ -603,14 +347,23 @@ def peak_cases(precisions) -> list[Case]:
 
 def plan(args) -> list[dict]:
     """The groups to run, each a list of cases measured side by side: per size and precision ours
-    (on the largest size with its variants) with HF PyTorch for videomae; per size the twlv cases
-    (on the largest size a group per precision, for memory). Profiles: ours, videomae, largest
-    size."""
+    (on the largest size with its variants; with --baseline, on every size with the baseline's) with
+    HF PyTorch for videomae; per size the twlv cases (with variants or a baseline a group per
+    precision, for memory). Profiles: ours on the largest size."""
     groups = []
     largest = args.sizes[-1]
 
     def variants(size: str) -> list[str]:
-        return ["", *VARIANTS] if size == largest and not args.no_variants else [""]
+        names = ["", *VARIANTS] if size == largest and not args.no_variants else [""]
+        return names + [BASELINE] * bool(args.baseline)
+
+    def ours(size, objective, precision, batch, variant, check=False) -> Case:
+        return Case("jax", size, objective, precision, batch, variant, check,
+                    args.baseline if variant == BASELINE else "")
+
+    def profiled(cases: list[Case]) -> tuple[Case, ...]:
+        return () if args.no_profile or cases[0].size != largest else tuple(
+            c for c in cases if c.framework == "jax" and not c.variant)
 
     for size in args.sizes:
         names = variants(size)
@@ -620,16 +373,16 @@ def plan(args) -> list[dict]:
             if objective == "twlv":
                 together = [args.precisions] if len(names) == 1 else [[p] for p in args.precisions]
                 for precisions in together:
-                    cases = [Case("jax", size, objective, p, batch, a) for p in precisions for a in names]
-                    groups.append(dict(cases=cases + peak_cases(precisions), steps=steps, profile=()))
+                    cases = [ours(size, objective, p, batch, a) for p in precisions for a in names]
+                    groups.append(dict(cases=cases + peak_cases(precisions), steps=steps,
+                                       profile=profiled(cases)))
                 continue
             for precision in args.precisions:
-                cases = [Case("jax", size, objective, precision, batch, a, check=len(names) > 1)
-                         for a in names]
+                cases = [ours(size, objective, precision, batch, a, check=len(names) > 1) for a in names]
                 if not args.no_torch:
                     cases.append(Case("torch", size, objective, precision, batch))
-                profile = () if args.no_profile or size != largest else (cases[0],)
-                groups.append(dict(cases=cases + peak_cases([precision]), steps=steps, profile=profile))
+                groups.append(dict(cases=cases + peak_cases([precision]), steps=steps,
+                                   profile=profiled(cases)))
     return groups
 
 
@@ -649,6 +402,14 @@ def machine() -> str:
     return (f"{model} ({', '.join(isa)}), {cores()} cores used of {os.cpu_count()}, load average "
             f"{os.getloadavg()[0]:.2f} at start; Python {platform.python_version()}, JAX {jax.__version__} "
             f"(CPU), torch {torch.__version__} ({cores()} threads), transformers {transformers.__version__}")
+
+
+def checkout_text(path: str) -> str:
+    """The checkout's path and commit (and whether it has uncommitted changes)."""
+    git = lambda *argv: subprocess.run(["git", "-C", path, *argv], capture_output=True,
+                                       text=True).stdout.strip()
+    dirty = ", with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else ""
+    return f"`{path}` at {git('log', '-1', '--format=%h') or 'an unknown commit'}{dirty}"
 
 
 def peaks(results: list[Result]) -> dict[str, float]:
@@ -747,41 +508,6 @@ def targets(results: list[Result], peak: dict[str, float]) -> list[str]:
     return lines or ["- Not checked: no S or B cases measured."]
 
 
-def profile_section(profiles: dict[Case, dict]) -> list[str]:
-    lines = []
-    for case, p in profiles.items():
-        total = p["total_ms"]
-        lines += ["", f"**{case.label}** (traced step {p['step_s']:.2f} s; op time summed over threads "
-                  f"or GPU kernels {total / 1e3:.2f} s; XLA cost analysis: {p['xla_flops'] / 1e9:.0f} GFLOP, "
-                  f"{p['xla_bytes'] / 1e9:.1f} GB accessed, loop bodies counted once)", "",
-                  "| part of the step | kind of work | share of op time |", "|---|---|---:|"]
-        shown = [row for row in p["parts"] if row[2] / total >= 0.015]
-        lines += [f"| {part} | {kind} | {ms / total:.1%} |" for part, kind, ms in shown]
-        rest = total - sum(row[2] for row in shown)
-        lines.append(f"| (everything under 1.5% each) | | {rest / total:.1%} |")
-        classes = "; ".join(f"{name} {ms / total:.0%}" for name, ms in
-                            sorted(p["classes"].items(), key=lambda kv: -kv[1]))
-        largest = "; ".join(f"`{name}` x{count} ({hlo_class}; {kind}; {part}) {ms / total:.1%}"
-                            for name, count, hlo_class, part, kind, ms in p["top"][:5])
-        lines += ["", f"By HLO op class: {classes}.", "", f"Largest ops: {largest}.", "",
-                  f"In short: {profile_summary(p)}"]
-    return lines
-
-
-def profile_summary(p: dict) -> str:
-    """Shares of op time: attention, matmuls (and how much of them ran on float32 inputs),
-    data movement, optimizer."""
-    total = p["total_ms"]
-    kind_share = lambda kind: sum(ms for _, k, ms in p["parts"] if k == kind) / total
-    matmul = sum(ms for name, ms in p["classes"].items() if name.startswith("matmul"))
-    f32 = p["classes"].get("matmul, f32 inputs", 0.0)
-    movement = p["classes"].get("data movement", 0.0) / total
-    return (f"attention softmax(QKᵀ)V {kind_share(ATTENTION):.0%} of op time; ops with a matmul "
-            f"{matmul / total:.0%} ({f32 / max(matmul, 1e-9):.0%} of that on float32-only inputs); "
-            f"pure data movement (copies, converts, slices) {movement:.0%}; optimizer update "
-            f"{kind_share('optimizer update'):.0%}.")
-
-
 def report(header: str, results: list[Result], profiles: dict, peak: dict, args) -> str:
     hf = next((r for r in results if r.case.framework == "torch"), None)
     peak_count = sum(len(r.values) for r in results if r.case.framework == "peak")
@@ -803,11 +529,14 @@ def report(header: str, results: list[Result], profiles: dict, peak: dict, args)
     if any(r.case.variant == "scan=true" for r in results):
         lines += ["## Layers unrolled against the layer scan (model.scan=true, the config default)",
                   "", *variant_table(results, peak, "scan=true"), "", SCAN_NOTE, ""]
+    if any(r.case.variant == BASELINE for r in results):
+        lines += [f"## Against the baseline checkout ({checkout_text(args.baseline)})", "",
+                  *variant_table(results, peak, BASELINE), "", BASELINE_NOTE, ""]
     if hf:
         lines += ["## Targets", "", *targets(results, peak), ""]
     if profiles:
         lines += ["## Profile: what the step spends its time on", "", PROFILE_NOTE,
-                  *profile_section(profiles), ""]
+                  *step_profile.profile_section(profiles), ""]
     lines += ["## All measurements", "",
               "| case | compile + first step (s) | XLA temp (GB) | peak RSS (GB) | "
               "timed steps (s; peak: GFLOP/s) |", "|---|---:|---:|---:|---|"]
@@ -866,12 +595,11 @@ as a Python loop over the same stacked parameters (model.scan=false). Unrolled, 
 backend neither zero-fills and writes per-layer slices of stacked buffers for the saved
 activations and the gradients, nor reads the backward's operands back out of them; compiling
 takes about twice as long. On GPUs and TPUs the scan is the usual choice (compile time)."""
-PROFILE_NOTE = """One step traced with `jax.profiler.trace` after the timed steps. Each HLO op's trace events
-are summed and attributed, through the compiled module's stack frames, to the line of `hybrid.losses`
-it comes from (part) and the innermost library function (kind of work); backward ops count for the
-forward code they differentiate, ops without source information (XLA's converts and copies of
-whole parameter stacks) as unattributed. Op time is summed over XLA's threads. The matmul classes
-name the element types the dots actually run in."""
+BASELINE_NOTE = """Both columns are our step as it is (model.attention=blockwise, model.scan=false),
+in the baseline: as that checkout's code has it, run by that checkout's `benchmarks/train_step.py` in
+a worker of the same group (each worker imports `twlv_jax` from its own checkout)."""
+PROFILE_NOTE = ("One step traced with `jax.profiler.trace` after the timed steps. Op time is summed "
+                "over XLA's threads. " + step_profile.NOTE)
 INDEX_HEAD = """# Benchmarks
 
 - [Data pipeline throughput](benchmarks/results/data.md) (`benchmarks/data.py`)
@@ -923,9 +651,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no_variants", action="store_true",
                         help=f"skip the variants of our step ({', '.join(VARIANTS)})")
     parser.add_argument("--no_profile", action="store_true")
+    parser.add_argument("--baseline", default="", metavar="DIR",
+                        help="another checkout (e.g. a git worktree of an earlier commit) whose step "
+                             "runs side by side with ours in every group")
+    parser.add_argument("--out", default="",
+                        help="write the report to this file only (not results/ nor BENCHMARKS.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = argv
+    args.baseline = args.baseline and os.path.abspath(args.baseline)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "benchmarks", "train_step.py")):
+        parser.error(f"--baseline {args.baseline}: no benchmarks/train_step.py there")
     if args.quick:
         args.sizes, args.steps, args.warmup = "tiny", args.steps or 2, 0
     args.sizes = args.sizes.split(",")
@@ -957,7 +693,10 @@ def main(argv: list[str]) -> int:
                                                                  f", {number} of {len(groups)} groups")
         text = report(header, results, profiles, peaks(results), args) + "\n".join(failures)
         text += f"\n\nWhole run: {done}.\n"
-        if not args.quick:
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        elif not args.quick:
             write_results(text, index_section(header, results, peaks(results)))
     print("\n" + text)
     return 1 if failures else 0
