@@ -674,6 +674,8 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.worker:
         return worker(args.worker)
+    # The workers' JAX on the CPU even where libtpu is installed (make test installs it).
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     header = machine()
     print(f"Machine: {header}", flush=True)
     start = time.perf_counter()
