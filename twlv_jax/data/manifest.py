@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from twlv_jax import paths as pathlib
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
                     ".flv", ".3gp", ".ogv", ".wmv", ".gif")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -109,7 +111,7 @@ def _parse_seconds(value, where: str, key: str) -> float:
 
 
 def _csv_rows(path: str) -> Iterable[tuple[int, dict]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with pathlib.open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return
@@ -127,7 +129,7 @@ def _csv_rows(path: str) -> Iterable[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: str) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
+    with pathlib.open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -144,13 +146,13 @@ def _jsonl_rows(path: str) -> Iterable[tuple[int, dict]]:
 
 def read_manifest(path: str) -> Manifest:
     """Reads a CSV or JSONL manifest; raises ManifestError naming the file and line."""
-    if not os.path.isfile(path):
+    if not pathlib.isfile(path):
         raise ManifestError(f"manifest {path} does not exist")
     extension = os.path.splitext(path)[1].lower()
     if extension not in MANIFEST_EXTENSIONS:
         raise ManifestError(f"manifest {path}: expected a .csv or .jsonl file")
     rows = _csv_rows(path) if extension == ".csv" else _jsonl_rows(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = pathlib.dirname(pathlib.absolute(path))
     paths, starts, ends = [], [], []
     labels: dict[str, list[int]] | None = None
     for line, row in rows:
@@ -166,7 +168,9 @@ def read_manifest(path: str) -> Manifest:
                                 f"{sorted(labels)}")
         for key in keys:
             labels[key].append(_parse_int(row[key], where, key))
-        paths.append(os.path.join(folder, os.path.expanduser(file_path.strip())))
+        file_path = file_path.strip()
+        paths.append(file_path if pathlib.is_remote(file_path)
+                     else pathlib.join(folder, os.path.expanduser(file_path)))
         starts.append(_parse_seconds(row.get("start"), where, "start"))
         ends.append(_parse_seconds(row.get("end"), where, "end"))
         if ends[-1] <= starts[-1]:
@@ -180,7 +184,7 @@ def read_manifest(path: str) -> Manifest:
 def warn_duplicates(name: str, paths: Sequence[str], starts: Sequence[float],
                     ends: Sequence[float]) -> int:
     """Logs a warning when rows repeat a file with the same times; returns the extra rows."""
-    rows = Counter((os.path.normpath(p), repr(s), repr(e)) for p, s, e in zip(paths, starts, ends))
+    rows = Counter((pathlib.normpath(p), repr(s), repr(e)) for p, s, e in zip(paths, starts, ends))
     repeated = {row: n for row, n in rows.items() if n > 1}
     extra = sum(repeated.values()) - len(repeated)
     if extra:
@@ -193,7 +197,7 @@ def warn_duplicates(name: str, paths: Sequence[str], starts: Sequence[float],
 
 def _manifest(name: str, paths: Sequence[str], labels: dict[str, list[int]],
               starts: Sequence[float], ends: Sequence[float]) -> Manifest:
-    return Manifest(name, StringColumn(os.path.normpath(p) for p in paths),
+    return Manifest(name, StringColumn(pathlib.normpath(p) for p in paths),
                     {k: np.asarray(v, np.int32) for k, v in labels.items()},
                     np.asarray(starts, np.float64), np.asarray(ends, np.float64))
 
@@ -202,20 +206,19 @@ def scan_folder(folder: str, extensions: Sequence[str] = VIDEO_EXTENSIONS + IMAG
                 ) -> Manifest:
     """Every file under `folder` with one of `extensions`, sorted. When all of them sit in
     first-level subfolders, `label` is the subfolder's index in sorted order."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(extensions)]
+    root = pathlib.absolute(folder)
+    found = [p for p in pathlib.walk_files(root) if p.lower().endswith(extensions)]
     if not found:
         raise ManifestError(f"folder {folder} holds no files ending in {', '.join(extensions)}")
-    relative = [os.path.relpath(p, folder) for p in found]
-    classes = sorted({r.split(os.sep)[0] for r in relative if os.sep in r})
+    sep = "/" if pathlib.is_remote(root) else os.sep
+    relative = [p[len(root.rstrip(sep)) + 1:] for p in found]
+    classes = sorted({r.split(sep)[0] for r in relative if sep in r})
     labels = {}
-    if all(os.sep in r for r in relative):
+    if all(sep in r for r in relative):
         index = {name: i for i, name in enumerate(classes)}
-        labels = {"label": [index[r.split(os.sep)[0]] for r in relative]}
+        labels = {"label": [index[r.split(sep)[0]] for r in relative]}
     nan = [math.nan] * len(found)
-    return _manifest(folder, [os.path.abspath(p) for p in found], labels, nan, nan)
+    return _manifest(folder, found, labels, nan, nan)
 
 
 def read_manifest_or_folder(path: str, split: str | None = None) -> Manifest:
@@ -223,7 +226,7 @@ def read_manifest_or_folder(path: str, split: str | None = None) -> Manifest:
     it holds split manifests, else every video and image under it."""
     if not path:
         raise ManifestError("no manifest given: expected a .csv/.jsonl manifest or a folder")
-    if not os.path.isdir(path):
+    if not pathlib.isdir(path):
         return read_manifest(path)
     found = split_manifests(path)
     if not found:
@@ -238,10 +241,10 @@ def read_splits(path: str, split: str | None = None) -> dict[str, Manifest]:
     """{split: manifest} for a tool's --input: a manifest file (split: `split`, else its
     name when that is a split name, else 'train'), a folder's split manifests (all, or
     just `split`), or a folder scanned for videos and images (split: `split` or 'train')."""
-    if os.path.isfile(path):
+    if pathlib.isfile(path):
         stem = os.path.splitext(os.path.basename(path))[0]
         return {split or (stem if stem in SPLIT_NAMES else "train"): read_manifest(path)}
-    if not os.path.isdir(path):
+    if not pathlib.isdir(path):
         raise ManifestError(f"input {path} does not exist")
     found = split_manifests(path)
     if found:
@@ -257,8 +260,8 @@ def split_manifests(folder: str) -> dict[str, str]:
     found = {}
     for split in SPLIT_NAMES:
         for extension in MANIFEST_EXTENSIONS:
-            candidate = os.path.join(folder, split + extension)
-            if os.path.isfile(candidate):
+            candidate = pathlib.join(folder, split + extension)
+            if pathlib.isfile(candidate):
                 found.setdefault(split, candidate)
     return found
 
@@ -268,19 +271,20 @@ def write_manifest(path: str, rows: Sequence[dict]) -> str:
 
     Paths inside the manifest's folder are written relative to it.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    folder = pathlib.dirname(pathlib.absolute(path))
+    pathlib.makedirs(folder)
     label_keys = sorted({k for row in rows for k in row.get("labels", {})})
     has_times = any(row.get("start") is not None or row.get("end") is not None for row in rows)
     extra = sorted({k for row in rows for k in row.get("extra", {})})
     header = ["path", *label_keys, *(["start", "end"] if has_times else []), *extra]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    sep = "/" if pathlib.is_remote(folder) else os.sep
+    with pathlib.open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
-            file_path = os.path.abspath(row["path"])
-            if file_path.startswith(folder + os.sep):
-                file_path = os.path.relpath(file_path, folder)
+            file_path = pathlib.absolute(row["path"])
+            if file_path.startswith(folder + sep):
+                file_path = file_path[len(folder) + 1:]
             times = [_blank(row.get("start")), _blank(row.get("end"))] if has_times else []
             writer.writerow([file_path, *(row["labels"][k] for k in label_keys), *times,
                              *(row.get("extra", {}).get(k, "") for k in extra)])

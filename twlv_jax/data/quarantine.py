@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from collections import Counter
+
+from twlv_jax import paths as pathlib
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,13 @@ class Quarantine:
         self.files: dict[str, str] = {}   # name -> reason
         self.skips = 0                    # every skip, counting repeats in later epochs
         self._listed = self._read_listed()
-        if path and not os.path.isfile(path):  # an empty list says: nothing bad so far
+        if path and not pathlib.isfile(path):  # an empty list says: nothing bad so far
             self._write_rows([QUARANTINE_HEADER])
 
     def _read_listed(self) -> set[str]:
-        if not self.path or not os.path.isfile(self.path):
+        if not self.path or not pathlib.isfile(self.path):
             return set()
-        with open(self.path, newline="", encoding="utf-8") as f:
+        with pathlib.open(self.path, newline="", encoding="utf-8") as f:
             return {row["path"] for row in csv.DictReader(f) if row.get("path")}
 
     @property
@@ -60,7 +62,14 @@ class Quarantine:
             self._listed.add(name)
 
     def _write_rows(self, rows) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if pathlib.is_remote(self.path):     # an object in a bucket is rewritten whole
+            text = io.StringIO()
+            csv.writer(text).writerows(rows)
+            before = pathlib.read_bytes(self.path).decode() if pathlib.isfile(self.path) else ""
+            with pathlib.open(self.path, "w", encoding="utf-8") as f:
+                f.write(before + text.getvalue())
+            return
+        pathlib.makedirs(pathlib.dirname(pathlib.absolute(self.path)))
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(rows)
 

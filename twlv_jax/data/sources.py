@@ -14,11 +14,11 @@ into worker processes. A record is a plain dict:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from twlv_jax import paths as pathlib
 from twlv_jax.data import manifest as manifest_lib
 
 FILE_SOURCES = ("manifest", "tfds", "images")  # each reads one path
@@ -139,13 +139,13 @@ def open_source(kind: str, path: str, split: str = "train") -> ManifestSource | 
     if not path:
         raise DataError("data.path is empty: set --config.data.path to a manifest (.csv or "
                         ".jsonl), a folder of videos or images, a TFDS folder, or a mixture")
-    if not os.path.exists(path):
+    if not pathlib.exists(path):
         raise DataError(f"data.path {path!r} does not exist")
-    is_tfds = os.path.isdir(path) and _holds_tfds(path)
+    is_tfds = pathlib.isdir(path) and _holds_tfds(path)
     try:
         if kind == "tfds" or (kind == "images" and is_tfds):
             return TfdsSource(path, split, images=kind == "images")
-        if kind == "images" and os.path.isdir(path):
+        if kind == "images" and pathlib.isdir(path):
             return ManifestSource(manifest_lib.scan_folder(path, manifest_lib.IMAGE_EXTENSIONS),
                                   images=True)
         return ManifestSource(manifest_lib.read_manifest_or_folder(path, split),
@@ -156,15 +156,10 @@ def open_source(kind: str, path: str, split: str = "train") -> ManifestSource | 
 
 def find_dataset_dir(path: str) -> str:
     """The folder holding dataset_info.json: `path` itself or the one under it (2 levels)."""
-    if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    if pathlib.isfile(pathlib.join(path, "dataset_info.json")):
         return path
-    found = []
-    for root, dirs, files in os.walk(path):
-        depth = os.path.relpath(root, path).count(os.sep) + (root != path)
-        if "dataset_info.json" in files:
-            found.append(root)
-        if depth >= 2:
-            dirs.clear()
+    found = [pathlib.dirname(f) for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+             for f in pathlib.glob(path, pattern)]
     if len(found) != 1:
         what = "no TFDS dataset" if not found else f"{len(found)} TFDS datasets"
         raise FileNotFoundError(f"{path}: {what} (a folder with dataset_info.json) found; "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import io
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from twlv_jax import paths as pathlib
 from twlv_jax.data.transforms import Geometry
 
 REASONS = {
@@ -69,14 +69,15 @@ def _looks_like_container(head: bytes) -> bool:
 
 
 def _open_container(source: str | bytes, name: str) -> tuple[av.container.InputContainer, int]:
-    """Opens a path or in-memory bytes; returns (container, size in bytes)."""
+    """Opens a path (local, or in a bucket: read whole into memory) or in-memory bytes;
+    returns (container, size in bytes)."""
     if isinstance(source, str):
-        if not os.path.exists(source):
+        if not pathlib.exists(source):
             raise BadVideo("missing", f"{name} does not exist")
-        if os.path.isdir(source):
+        if pathlib.isdir(source):
             raise BadVideo("not_a_video", f"{name} is a folder")
-        size = os.path.getsize(source)
-        target = source
+        size = pathlib.getsize(source)
+        target = io.BytesIO(pathlib.read_bytes(source)) if pathlib.is_remote(source) else source
     else:
         size = len(source)
         target = io.BytesIO(source)
@@ -97,7 +98,7 @@ def _open_container(source: str | bytes, name: str) -> tuple[av.container.InputC
 def _head(source: str | bytes) -> bytes:
     if isinstance(source, bytes):
         return source[:16]
-    with open(source, "rb") as f:
+    with pathlib.open(source, "rb") as f:
         return f.read(16)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from twlv_jax import paths as pathlib
 from twlv_jax.data.evaluation import ClipGroup, iter_clip_groups
 from twlv_jax.data.manifest import Manifest, ManifestError, read_manifest_or_folder
 from twlv_jax.data.quarantine import Quarantine
@@ -143,17 +144,17 @@ def embed_split(encoder, manifest: Manifest, output: str, split: str, options: E
     and writes output/embed_<split>.json; returns the run's summary (see `summary_text`)."""
     frames = options.frames or encoder.frames
     _check_options(encoder, options, frames, split)
-    split_dir = os.path.join(output, split)
-    os.makedirs(split_dir, exist_ok=True)
+    split_dir = pathlib.join(output, split)
+    pathlib.makedirs(split_dir)
     annotations = embed_files.resolve_annotations(manifest, options.label, output, classes_path)
     spec = {"checkpoint": encoder.source, "step": encoder.step, "sampling": options.sampling,
             "clip_seconds": options.clip_seconds if options.sampling == "multi-clip" else None,
             "clip_stride": _stride(options), "frames": frames,
             "image_size": encoder.image_size, "label": annotations.column}
-    meta_path = os.path.join(output, f"embed_{split}.json")
+    meta_path = pathlib.join(output, f"embed_{split}.json")
     ids = embed_files.video_ids(manifest)
-    done = {i for i, name in enumerate(ids)
-            if os.path.isfile(os.path.join(split_dir, name + ".json"))}
+    written = set(pathlib.listdir(split_dir))
+    done = {i for i, name in enumerate(ids) if name + ".json" in written}
     _check_resume(meta_path, spec, split_dir, bool(done))
     todo = [i for i in range(len(ids)) if i not in done]
     left = todo[limit:] if limit is not None else []
@@ -161,8 +162,8 @@ def embed_split(encoder, manifest: Manifest, output: str, split: str, options: E
     summary = {"spec": spec, "input": manifest.name, "split": split, "split_dir": split_dir,
                "dim": encoder.dim, "rows": len(ids), "already": len(done), "to_embed": len(todo),
                "written": 0, "clips": 0, "left": len(left), "bad_files": {},
-               "bad_files_csv": os.path.join(output, f"{split}_bad_files.csv"),
-               "classes": os.path.join(output, embed_files.CLASSES_FILE) if annotations.column
+               "bad_files_csv": pathlib.join(output, f"{split}_bad_files.csv"),
+               "classes": pathlib.join(output, embed_files.CLASSES_FILE) if annotations.column
                else None, "num_classes": len(annotations.names),
                "classes_from": annotations.origin, "metadata": meta_path,
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "status": "running"}
@@ -184,9 +185,10 @@ def _write_videos(encoder, manifest: Manifest, todo: list[int], ids: list[str],
     """Reads, embeds and writes the `todo` rows; counts into `summary`."""
     from tqdm import tqdm
 
-    temp_dir = os.path.join(os.path.dirname(summary["split_dir"]), f".tmp_{summary['split']}")
-    shutil.rmtree(temp_dir, ignore_errors=True)  # what an interrupted run left
-    os.makedirs(temp_dir)
+    temp_dir = pathlib.join(pathlib.dirname(summary["split_dir"]), f".tmp_{summary['split']}")
+    if not pathlib.is_remote(temp_dir):     # objects in a bucket are written in place
+        shutil.rmtree(temp_dir, ignore_errors=True)  # what an interrupted run left
+        os.makedirs(temp_dir)
     groups = iter_clip_groups(ManifestSource(manifest), todo, frames=frames,
                               image_size=encoder.image_size, sampling=options.sampling,
                               clip_seconds=options.clip_seconds, clip_stride=_stride(options),
@@ -203,7 +205,7 @@ def _write_videos(encoder, manifest: Manifest, todo: list[int], ids: list[str],
                 summary["clips"] += len(video.clips)
             bar.update(1)
             bar.set_postfix(clips=summary["clips"], bad=len(quarantine.files))
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    pathlib.rmtree(temp_dir)
 
 
 def _video_info(video: VideoEmbedding, annotations: embed_files.Annotations) -> dict:
@@ -246,7 +248,7 @@ def _check_options(encoder, options: EmbedOptions, frames: int, split: str) -> N
 def _check_resume(meta_path: str, spec: dict, split_dir: str, has_videos: bool) -> None:
     """A split folder holding videos may only be completed with the same checkpoint and
     sampling that wrote them."""
-    if not has_videos or not os.path.isfile(meta_path):
+    if not has_videos or not pathlib.isfile(meta_path):
         return
     before = embed_files.read_json(meta_path).get("spec", {})
     changed = [f"{k}={before.get(k)!r} (now {v!r})" for k, v in spec.items()
@@ -337,7 +339,7 @@ def _parser() -> argparse.ArgumentParser:
 def _split_name(args) -> str:
     if args.split:
         return args.split
-    if os.path.isdir(args.input):
+    if pathlib.isdir(args.input):
         raise EmbedError(f"--split is required when --input is a folder ({args.input})")
     return os.path.splitext(os.path.basename(args.input))[0]
 
@@ -347,7 +349,7 @@ def _run(args) -> int:
 
     if args.limit is not None and args.limit < 0:
         raise EmbedError(f"--limit must be >= 0, got {args.limit}")
-    if not os.path.exists(args.input):
+    if not pathlib.exists(args.input):
         raise EmbedError(f"input {args.input} does not exist")
     if not os.path.exists(args.checkpoint):
         raise EmbedError(f"checkpoint {args.checkpoint} does not exist")

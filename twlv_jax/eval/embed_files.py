@@ -7,7 +7,8 @@
 
 The official evaluation code lists every `*.json` in a split folder, so nothing else is
 written there; files are written to a temporary folder next to it and moved in with
-`os.replace`, the json last, so a json only exists once its video is complete.
+`os.replace`, the json last, so a json only exists once its video is complete. In a
+bucket (`gs://`) each object is written in place: it appears only once uploaded whole.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import IO
 
 import numpy as np
 
+from twlv_jax import paths as pathlib
 from twlv_jax.data.manifest import Manifest
 
 CLASSES_FILE = "classes.json"
@@ -65,30 +67,32 @@ def write_sample(split_dir: str, temp_dir: str, video_id: str, clips: np.ndarray
 
 
 def write_json(path: str, content: dict) -> None:
-    """A JSON file written whole (temp file in the same folder, then os.replace)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    _replace(folder, folder, name,
-             lambda f: f.write((json.dumps(content, indent=2) + "\n").encode()),
-             temp_name=f".{name}.tmp")
+    """A JSON file written whole (pathlib.atomic_write)."""
+    with pathlib.atomic_write(path) as f:
+        f.write((json.dumps(content, indent=2) + "\n").encode())
 
 
-def _replace(temp_dir: str, folder: str, name: str, write: Callable[[IO[bytes]], object],
-             temp_name: str | None = None) -> None:
-    temp = os.path.join(temp_dir, temp_name or name)
+def _replace(temp_dir: str, folder: str, name: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Writes `folder/name` through `temp_dir` (locally; in place in a bucket)."""
+    if pathlib.is_remote(folder):
+        with pathlib.open(pathlib.join(folder, name), "wb") as f:
+            write(f)
+        return
+    temp = os.path.join(temp_dir, name)
     with open(temp, "wb") as f:
         write(f)
     os.replace(temp, os.path.join(folder, name))
 
 
 def read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
+    with pathlib.open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def load_classes(path: str) -> dict[str, list[str]]:
     """{label column: [class names]} of a classes.json (entries that are not lists of
     names, such as the synthetic set's `options`, are left out)."""
-    if not os.path.isfile(path):
+    if not pathlib.isfile(path):
         raise EmbedError(f"classes file {path} does not exist")
     try:
         content = read_json(path)
@@ -120,8 +124,8 @@ def resolve_annotations(manifest: Manifest, column: str | None, output: str,
     column = _label_column(manifest, column)
     if column is None:
         return Annotations(None, None, [], "no labels")
-    stored_path = os.path.join(output, CLASSES_FILE)
-    stored = load_classes(stored_path).get(column) if os.path.isfile(stored_path) else None
+    stored_path = pathlib.join(output, CLASSES_FILE)
+    stored = load_classes(stored_path).get(column) if pathlib.isfile(stored_path) else None
     names, origin = stored, stored_path
     if classes_path:
         names, origin = _given_names(classes_path, column), classes_path
@@ -129,7 +133,7 @@ def resolve_annotations(manifest: Manifest, column: str | None, output: str,
             raise EmbedError(f"{classes_path} lists other {column!r} classes than {stored_path} "
                              "(written by an earlier split): every split must share one class "
                              "map; use another --output or the same --classes")
-    if os.path.isdir(manifest.name):
+    if pathlib.isdir(manifest.name):
         annotations = _folder_annotations(manifest, column, names, origin)
     else:
         annotations = _manifest_annotations(manifest, column, names, origin)
@@ -158,8 +162,9 @@ def _given_names(path: str, column: str) -> list[str]:
 def _folder_annotations(manifest: Manifest, column: str, names: list[str] | None,
                         origin: str) -> Annotations:
     """A scanned folder: each row's class is its first-level subfolder's name."""
-    folder = manifest.name
-    row_names = [os.path.relpath(manifest.paths[i], folder).split(os.sep)[0]
+    folder = pathlib.absolute(manifest.name)
+    sep = "/" if pathlib.is_remote(folder) else os.sep
+    row_names = [manifest.paths[i][len(folder.rstrip(sep)) + 1:].split(sep)[0]
                  for i in range(len(manifest))]
     if names is None:
         names, origin = sorted(set(row_names)), f"the subfolders of {folder}"
@@ -176,8 +181,8 @@ def _manifest_annotations(manifest: Manifest, column: str, names: list[str] | No
     """A manifest: integer labels, checked against the class count."""
     values = manifest.labels[column]
     if names is None:
-        beside = os.path.join(os.path.dirname(os.path.abspath(manifest.name)), CLASSES_FILE)
-        if os.path.isfile(beside) and column in load_classes(beside):
+        beside = pathlib.join(pathlib.dirname(pathlib.absolute(manifest.name)), CLASSES_FILE)
+        if pathlib.isfile(beside) and column in load_classes(beside):
             names, origin = load_classes(beside)[column], beside
         else:
             names = [str(i) for i in range(int(values.max()) + 1)]
@@ -191,7 +196,7 @@ def _manifest_annotations(manifest: Manifest, column: str, names: list[str] | No
 
 
 def _store(path: str, column: str, names: list[str]) -> None:
-    stored = load_classes(path) if os.path.isfile(path) else {}
+    stored = load_classes(path) if pathlib.isfile(path) else {}
     if stored.get(column) != names:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        pathlib.makedirs(pathlib.dirname(pathlib.absolute(path)))
         write_json(path, {**stored, column: names})

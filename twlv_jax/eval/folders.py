@@ -13,12 +13,14 @@ Only `annotation` is read from the JSON. The class count is DIR/classes.json's
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
+
+from twlv_jax import paths as pathlib
 
 SPLITS = ("train", "val")
 MODES = ("clip", "video")
@@ -55,18 +57,18 @@ def read_split(directory: str, split: str, *, num_classes: int | None = None,
                classes_from: str = "num_classes", progress: bool = True) -> Split:
     """Reads `directory/split`; errors name the folder or file at fault. An annotation
     must be below `num_classes` (when given; `classes_from` says where it came from)."""
-    folder = os.path.join(directory, split)
-    if not os.path.isdir(folder):
+    folder = pathlib.join(directory, split)
+    if not pathlib.isdir(folder):
         raise FolderError(f"{folder} is not a folder (expected {directory} to hold train/ and "
                           "val/ with <id>.json, <id>_c.npy, <id>_v.npy per video, as written by "
                           "`twlv embed`)")
-    ids = sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
+    ids = sorted(name[:-5] for name in pathlib.listdir(folder) if name.endswith(".json"))
     if not ids:
         raise FolderError(f"{folder} holds no <id>.json files (an empty split)")
     labels, videos, clips, groups = [], [], [], []
     for index, vid in enumerate(tqdm(ids, desc=f"read {split}", unit="video", disable=not progress,
                                      leave=False)):
-        base = os.path.join(folder, vid)
+        base = pathlib.join(folder, vid)
         labels.append(_annotation(base + ".json", num_classes, classes_from))
         video, clip = _array(base + "_v.npy", 1), _array(base + "_c.npy", 2)
         if clip.shape[0] == 0 or clip.shape[1] != video.shape[0]:
@@ -74,7 +76,7 @@ def read_split(directory: str, split: str, *, num_classes: int | None = None,
                               f"{video.shape} (expected (clips >= 1, {video.shape[0]}))")
         if videos and video.shape != videos[0].shape:
             raise FolderError(f"{base}_v.npy: dimension {video.shape[0]} differs from "
-                              f"{videos[0].shape[0]} in {os.path.join(folder, ids[0])}_v.npy")
+                              f"{videos[0].shape[0]} in {pathlib.join(folder, ids[0])}_v.npy")
         videos.append(video)
         clips.append(clip)
         groups.append(np.full(len(clip), index, np.int64))
@@ -89,11 +91,11 @@ def read_embeddings(directory: str, *, num_classes: int | None = None,
     The class count is `num_classes` when given, else that of DIR/classes.json (an
     annotation outside it is an error), else one more than the largest annotation.
     """
-    if not os.path.isdir(directory):
+    if not pathlib.isdir(directory):
         raise FolderError(f"embedding folder {directory} does not exist")
     classes_from = "--num_classes"
     if num_classes is None:
-        num_classes, classes_from = _classes_file(directory), os.path.join(directory,
+        num_classes, classes_from = _classes_file(directory), pathlib.join(directory,
                                                                            CLASSES_FILE)
     train, val = (read_split(directory, s, num_classes=num_classes, classes_from=classes_from,
                              progress=progress) for s in SPLITS)
@@ -106,10 +108,10 @@ def read_embeddings(directory: str, *, num_classes: int | None = None,
 
 def _classes_file(directory: str) -> int | None:
     """The class count of DIR/classes.json when it holds one label column's names."""
-    path = os.path.join(directory, CLASSES_FILE)
-    if not os.path.isfile(path):
+    path = pathlib.join(directory, CLASSES_FILE)
+    if not pathlib.isfile(path):
         return None
-    with open(path) as f:
+    with pathlib.open(path) as f:
         classes = json.load(f)
     if isinstance(classes, dict) and len(classes) == 1:
         names = next(iter(classes.values()))
@@ -119,7 +121,7 @@ def _classes_file(directory: str) -> int | None:
 
 def _annotation(path: str, num_classes: int | None, classes_from: str) -> int:
     try:
-        with open(path) as f:
+        with pathlib.open(path) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as error:
         raise FolderError(f"{path}: not readable JSON ({error})") from None
@@ -140,7 +142,10 @@ def _annotation(path: str, num_classes: int | None, classes_from: str) -> int:
 
 def _array(path: str, ndim: int) -> np.ndarray:
     try:
-        array = np.load(path)
+        if pathlib.is_remote(path):
+            array = np.load(io.BytesIO(pathlib.read_bytes(path)))
+        else:
+            array = np.load(path)
     except (OSError, ValueError) as error:
         raise FolderError(f"{path}: missing or unreadable ({error})") from None
     if array.ndim != ndim:

@@ -11,12 +11,12 @@ queries the bank and a video's class scores are the sum of its clips' scores.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 from tqdm import tqdm
 
+from twlv_jax import paths as pathlib
 from twlv_jax.eval.folders import MODES, read_embeddings
 from twlv_jax.eval.grouping import pool_by_group
 from twlv_jax.eval.outputs import fail, output_path, write_json
@@ -99,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
                         "mode": args.mode, "k": args.k, "temperature": args.temperature,
                         "num_classes": num_classes, "bank_size": len(bank),
                         "train_videos": len(train.ids), "dim": train.dim,
-                        "embeddings": os.path.abspath(args.embeddings)})
+                        "embeddings": pathlib.absolute(args.embeddings)})
     print(f"wrote {output}")
     return 0

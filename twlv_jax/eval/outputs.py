@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
+from twlv_jax import paths as pathlib
 from twlv_jax.eval.folders import SPLITS
 
 
 def output_path(output: str | None, directory: str, default_name: str) -> str:
     """`output`, or `directory/default_name`; never inside a split folder of `directory`
     (a .json there would be read back as a video)."""
-    path = os.path.abspath(output or os.path.join(directory, default_name))
+    path = pathlib.absolute(output or pathlib.join(directory, default_name))
     for split in SPLITS:
-        folder = os.path.abspath(os.path.join(directory, split))
-        if os.path.dirname(path) == folder:
+        folder = pathlib.absolute(pathlib.join(directory, split))
+        if pathlib.dirname(path) == folder:
             raise ValueError(f"--output {path} is inside the split folder {folder}, where every "
                              "*.json is read as a video; write it elsewhere")
     return path
 
 
 def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    pathlib.makedirs(pathlib.dirname(path) or ".")
+    with pathlib.open(path, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
 

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from twlv_jax import paths as pathlib
 from twlv_jax.eval.folders import MODES, read_embeddings
 from twlv_jax.eval.outputs import fail, output_path, write_json
 
@@ -78,7 +79,7 @@ def _linear(args) -> dict:
         print(f"epoch {entry['epoch']}/{settings['epochs']}: val top-1 {100 * entry['top1']:.2f}%")
     result.pop("params")
     return {"output": output, "probe": "linear", "mode": args.mode, "videos": len(val.ids),
-            "embeddings": os.path.abspath(args.embeddings), **result}
+            "embeddings": pathlib.absolute(args.embeddings), **result}
 
 
 def _embed_tokens(encoder, folder: str, split: str, label: str, batch: int):

@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from twlv_jax import config as cfglib
+from twlv_jax import paths as pathlib
 from twlv_jax.sweep import evaluate, execute, results
 from twlv_jax.sweep.evaluate import EvalError
 from twlv_jax.sweep.expand import Run, SweepError, expand
@@ -81,14 +82,14 @@ def describe(runs: list[Run], root: str) -> str:
 
 def write_runs(root: str, spec: str, runs: list[Run]) -> None:
     """ROOT/sweep.json (the sweep) and ROOT/NAME/sweep_run.json (each resolved config)."""
-    os.makedirs(root, exist_ok=True)
+    pathlib.makedirs(root)
     entries = [{"name": r.name, "spec": r.spec, "overrides": r.cli_overrides(), "values": r.values}
                for r in runs]
-    with open(os.path.join(root, "sweep.json"), "w") as f:
+    with pathlib.atomic_write(pathlib.join(root, "sweep.json"), "w") as f:
         json.dump({"spec": spec, "runs": entries}, f, indent=2, default=str)
     for run, entry in zip(runs, entries, strict=True):
-        os.makedirs(execute.run_dir(root, run), exist_ok=True)
-        with open(os.path.join(execute.run_dir(root, run), "sweep_run.json"), "w") as f:
+        pathlib.makedirs(execute.run_dir(root, run))
+        with pathlib.atomic_write(pathlib.join(execute.run_dir(root, run), "sweep_run.json"), "w") as f:
             json.dump({**entry, "config": run.config.to_dict()}, f, indent=2, default=str)
 
 
@@ -161,13 +162,19 @@ def hand_over(args, runs: list[Run], root: str) -> None:
 def main(argv: list[str]) -> int:
     try:
         args, overrides = parse(argv)
-        root = os.path.abspath(args.workdir)
+        root = pathlib.absolute(args.workdir)
+        if pathlib.is_remote(root) and args.launcher == "local" and not args.collect:
+            raise SweepError(f"--workdir {root}: local runs train in a local folder (a bucket "
+                             "serves runs handed to a cluster launcher, and --collect)")
         devices = args.devices or execute.launcher_devices(args.launcher,
                                                             shlex.split(args.launcher_args))
         if devices is None and args.launcher == "local":
             import jax
             devices = jax.device_count()
         request = evaluate.requested(args.spec, args.eval, args.eval_input)
+        if request and pathlib.is_remote(root):
+            raise SweepError(f"--workdir {root}: the evaluation step reads checkpoints from a "
+                             "local (or mounted) folder; give --eval none for a bucket")
         runs = select(expand(args.spec, overrides, num_devices=devices, evaluation=request),
                       args.only)
     except (cfglib.ConfigError, SweepError, EvalError) as error:

@@ -26,6 +26,7 @@ import os
 import sys
 
 from twlv_jax import config as cfglib
+from twlv_jax import paths as pathlib
 from twlv_jax.data.manifest import ManifestError, read_manifest, split_manifests
 
 PROBES = {"knn": "knn_video.json", "linear": "linear_probe_video.json"}
@@ -82,7 +83,7 @@ def for_run(request: dict, config) -> Evaluation:
     if not folder:
         raise EvalError("the evaluation needs a folder with train and val manifests: set "
                         "train.probe_path or give --eval_input (or --eval none)")
-    found = split_manifests(folder) if os.path.isdir(folder) else {}
+    found = split_manifests(folder) if pathlib.isdir(folder) else {}
     if not {"train", "val"} <= set(found):
         raise EvalError(f"evaluation input {folder} must be a folder holding train and val "
                         "manifests (train.csv and val.csv, or .jsonl)")
@@ -97,13 +98,13 @@ def for_run(request: dict, config) -> Evaluation:
         raise EvalError(f"evaluation input {folder}: no label column "
                         f"{missing[0] if missing else 'at all'!r} in both train and val "
                         f"(label columns: {', '.join(sorted(common)) or 'none'})")
-    return Evaluation(request["probes"], os.path.abspath(folder), tuple(labels))
+    return Evaluation(request["probes"], pathlib.absolute(folder), tuple(labels))
 
 
 def last_step(folder: str) -> int | None:
     """The newest checkpoint step of a run's workdir (None without one)."""
     try:
-        names = os.listdir(os.path.join(folder, "checkpoints"))
+        names = pathlib.listdir(pathlib.join(folder, "checkpoints"))
     except FileNotFoundError:
         return None
     steps = [int(n) for n in names if n.isdigit()]
@@ -113,8 +114,8 @@ def last_step(folder: str) -> int | None:
 def step_dir(folder: str, evaluation: Evaluation, step: int | str) -> str:
     """Where a run's evaluation at `step` on `evaluation.input` goes."""
     digest = hashlib.sha1(evaluation.input.encode()).hexdigest()[:6]
-    name = f"{os.path.basename(evaluation.input.rstrip(os.sep)) or 'input'}-{digest}"
-    return os.path.join(folder, EVAL_DIR, name, f"step_{step}")
+    name = f"{evaluation.input.rstrip('/' + os.sep).split('/')[-1] or 'input'}-{digest}"
+    return pathlib.join(folder, EVAL_DIR, name, f"step_{step}")
 
 
 def commands(folder: str, evaluation: Evaluation, step: int | str) -> list[list[str]]:
@@ -123,8 +124,9 @@ def commands(folder: str, evaluation: Evaluation, step: int | str) -> list[list[
     twlv = [sys.executable, "-m", "twlv_jax"]
     result = []
     for label in evaluation.labels:
-        output = os.path.join(step_dir(folder, evaluation, step), label)
-        missing = [p for p in evaluation.probes if not os.path.isfile(os.path.join(output, PROBES[p]))]
+        output = pathlib.join(step_dir(folder, evaluation, step), label)
+        missing = [p for p in evaluation.probes
+                   if not pathlib.isfile(pathlib.join(output, PROBES[p]))]
         if missing:
             result += [[*twlv, "embed", "--checkpoint", folder, "--step", str(step), "--input",
                         evaluation.input, "--split", split, "--label", label, "--output", output]
@@ -144,9 +146,9 @@ def scores(folder: str, evaluation: Evaluation | None) -> dict[str, float]:
     found = {}
     for label in evaluation.labels:
         for probe, name in PROBES.items():
-            path = os.path.join(step_dir(folder, evaluation, step), label, name)
-            if probe in evaluation.probes and os.path.isfile(path):
-                with open(path) as f:
+            path = pathlib.join(step_dir(folder, evaluation, step), label, name)
+            if probe in evaluation.probes and pathlib.isfile(path):
+                with pathlib.open(path) as f:
                     found[f"eval/{probe}_{label}"] = float(json.load(f)["top1"])
     return found
 

@@ -19,6 +19,7 @@ import sys
 import time
 
 from twlv_jax import config as cfglib
+from twlv_jax import paths as pathlib
 from twlv_jax.sweep import evaluate
 from twlv_jax.sweep.expand import Run
 
@@ -30,22 +31,20 @@ STATES = ("done", "failed", "interrupted", "running", "submitted", "not started"
 
 
 def run_dir(root: str, run: Run) -> str:
-    return os.path.join(root, run.name)
+    return pathlib.join(root, run.name)
 
 
 def write_status(folder: str, state: str, detail: str = "") -> None:
-    path = os.path.join(folder, STATUS)
-    with open(path + ".tmp", "w") as f:
+    with pathlib.atomic_write(pathlib.join(folder, STATUS), "w") as f:
         json.dump({"state": state, "detail": detail, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
-    os.replace(path + ".tmp", path)
 
 
 def last_records(folder: str) -> tuple[dict, dict]:
     """(last training record, last record with probe scores) of a run's metrics.jsonl."""
     train, probe = {}, {}
-    path = os.path.join(folder, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path) as f:
+    path = pathlib.join(folder, "metrics.jsonl")
+    if pathlib.isfile(path):
+        with pathlib.open(path) as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -59,15 +58,15 @@ def last_records(folder: str) -> tuple[dict, dict]:
 
 def state_of(folder: str, config) -> tuple[str, str]:
     """(state, detail) of a run from its status file, else from its metrics."""
-    path = os.path.join(folder, STATUS)
-    if os.path.isfile(path):
-        with open(path) as f:
+    path = pathlib.join(folder, STATUS)
+    if pathlib.isfile(path):
+        with pathlib.open(path) as f:
             status = json.load(f)
         if status["state"] != "submitted":
             return status["state"], status["detail"]
     train, _ = last_records(folder)
     if not train:
-        return ("submitted", "no metrics yet") if os.path.isfile(path) else ("not started", "")
+        return ("submitted", "no metrics yet") if pathlib.isfile(path) else ("not started", "")
     amount, unit = cfglib.parse_duration(config.train.steps)
     if unit == "steps" and train["step"] >= amount:
         return "done", ""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 
+from twlv_jax import paths as pathlib
 from twlv_jax.sweep.evaluate import scores
 from twlv_jax.sweep.execute import last_records, run_dir, state_of
 from twlv_jax.sweep.expand import Run
@@ -50,7 +50,7 @@ def _cell(value) -> str:
 
 
 def write_csv(path: str, table: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with pathlib.atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_columns(table))
         writer.writeheader()
         writer.writerows(table)
@@ -61,7 +61,7 @@ def write_markdown(path: str, table: list[dict], title: str) -> None:
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in table]
-    with open(path, "w") as f:
+    with pathlib.atomic_write(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
@@ -92,7 +92,8 @@ def write_plot(path: str, table: list[dict], title: str) -> bool:
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with pathlib.atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return True
 
@@ -100,7 +101,7 @@ def write_plot(path: str, table: list[dict], title: str) -> bool:
 def collect(root: str, runs: list[Run], title: str) -> tuple[list[dict], list[str]]:
     """Writes the table files; returns (rows, paths written)."""
     table = rows(root, runs)
-    paths = [os.path.join(root, name) for name in ("results.md", "results.csv", "results.png")]
+    paths = [pathlib.join(root, name) for name in ("results.md", "results.csv", "results.png")]
     write_markdown(paths[0], table, title)
     write_csv(paths[1], table)
     if not write_plot(paths[2], table, title):
