@@ -12,8 +12,6 @@ split over the devices (padded to a multiple of their count).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from twlv_jax import paths as pathlib
 from twlv_jax.data.transforms import normalize
 from twlv_jax.objectives.hybrid import student as build_student
 from twlv_jax.parallel import sharding
@@ -131,7 +130,7 @@ def load_encoder(path: str, *, step: int | None = None, mesh: Mesh | None = None
         checkpoints.close()
     params = restored["state"]["params"]["student"]
     return Encoder(graphdef, params, shardings, config, mesh, step=step,
-                   source=os.path.join(directory, str(step)))
+                   source=pathlib.join(directory, str(step)))
 
 
 def random_encoder(config, *, mesh: Mesh | None = None, rules: str = "dp") -> Encoder:
@@ -158,10 +157,10 @@ def _placed_student(config, mesh: Mesh | None, rules: str):
 
 def _locate(path: str, step: int | None) -> tuple[str, int | None]:
     """A step folder (`.../checkpoints/120`) names its step; otherwise the folder itself."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
+    path = pathlib.absolute(path)
+    if not pathlib.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    name = os.path.basename(path.rstrip("/"))
-    if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
-        return os.path.dirname(path), int(name) if step is None else step
+    name = path.rstrip("/").split("/")[-1]
+    if name.isdigit() and pathlib.isdir(pathlib.join(path, "state")):
+        return pathlib.dirname(path.rstrip("/")), int(name) if step is None else step
     return resolve_dir(path), step
