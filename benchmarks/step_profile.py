@@ -107,10 +107,13 @@ class HloIndex:
 def scopes(op_name: str) -> tuple[list[str], bool]:
     """(named scopes from outermost to innermost, whether the op is autodiff's backward) of an
     op_name such as 'jit(train_step)/transpose(jvp(target/pixel))/matmul/bnd,do->bno/dot_general'.
-    Dropped: the outermost jit(...), the transform wrappers, einsum specs, the primitive (the last
-    name), and everything from a nested jit(...) on (JAX's own jitted helpers, e.g. random key
-    splits). A fused op that names several ops ('a;b') counts for the first."""
-    _, _, name = op_name.split(";")[0].partition("/")
+    Dropped: the outermost jit(...) (ops in loop bodies may name none), the transform wrappers,
+    einsum specs, the primitive (the last name), and everything from a nested jit(...) on (JAX's
+    own jitted helpers, e.g. random key splits). A fused op that names several ops ('a;b') counts
+    for the first."""
+    name = op_name.split(";")[0]
+    if name.startswith("jit("):
+        name = name.partition("/")[2]
     nested = name.find("jit(")
     name = name if nested < 0 else name[:nested]
     backward = "transpose(" in name

@@ -28,6 +28,8 @@ def test_op_names_give_the_scopes_of_the_step():
     assert scopes("jit(train_step)/jvp(mask)/jit(_gumbel)/jit(_uniform)/while/body/add") == (
         ["mask"], False)
     assert scopes("jit(train_step)/jit(_threefry_fold_in)/loss_and_grads/while") == ([], False)
+    assert scopes("transpose(jvp(target/distill))/layernorm/reduce_sum") == (
+        ["target", "distill", "layernorm"], True)
     assert scopes("jit(train_step)/transpose(jvp(loss/pixel))/mul;jit(train_step)/add") == (
         ["loss", "pixel"], True)
     part, kind = step_profile.part, step_profile.kind
