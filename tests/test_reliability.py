@@ -279,8 +279,7 @@ def test_6_no_fresh_start_over_earlier_records(videos, trained, tmp_path):
         loop.run(tiny_config(videos), workdir)
     assert os.path.isfile(os.path.join(workdir, "metrics.jsonl"))       # untouched
     # --start_over: the earlier records move aside (what the run does next is a fresh run).
-    run = loop.Run(tiny_config(videos), workdir, stop=None, start_over=True)
-    loop.refuse_fresh_start(run, "it has no checkpoint to resume from")
+    loop.refuse_fresh_start(workdir, "it has no checkpoint to resume from", start_over=True)
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
     assert len(glob.glob(os.path.join(workdir, "metrics.jsonl.before-*"))) == 1
 

@@ -230,16 +230,17 @@ def test_init_from_is_strict_and_loads_params(videos, tmp_path):
     loop.run(tiny_config(videos, "train.steps=5", objective="umt"), source)
     with pytest.raises(ValueError, match=r"params\.(latent|pixel)\..* is missing from the checkpoint"):
         loop.run(tiny_config(videos, "train.steps=6", f"init_from={source}"), str(tmp_path / "strict"))
-    run = loop.Run(tiny_config(videos, "train.steps=6", f"init_from={source}", "init_strict=false"),
-                   str(tmp_path / "loose"), stop=None)
-    mesh = make_mesh("1,-1,1")
-    loop.start_data(run)
-    loop.build_state(run, mesh)
-    run.checkpoints = ckptlib.Checkpoints(str(tmp_path / "loose" / "checkpoints"))
-    report = loop.restore_or_init(run)
+    config = tiny_config(videos, "train.steps=6", f"init_from={source}", "init_strict=false")
+    workdir = str(tmp_path / "loose")
+    stream = loop.start_data(config, workdir)
+    setup = loop.build_state(config, make_mesh("1,-1,1"), stream)
+    checkpoints = ckptlib.Checkpoints(os.path.join(workdir, "checkpoints"))
+    state, position, report, changes = loop.restore_or_init(
+        loop.Run(config, workdir, None, checkpoints, stream, setup))
     assert report.startswith("init_from: loaded") and "missing from the checkpoint" in report
+    assert position == loop.Position() and changes == {}
     saved = ckptlib.Checkpoints(os.path.join(source, "checkpoints"), read_only=True, with_data=False)
-    kernel = run.state["params"]["student"]["patch_embed"]["kernel"]
+    kernel = state["params"]["student"]["patch_embed"]["kernel"]
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = {"params": {"student": {"patch_embed": {"kernel": jax.ShapeDtypeStruct(
         kernel.shape, kernel.dtype, sharding=one)}}}}
@@ -248,7 +249,7 @@ def test_init_from_is_strict_and_loads_params(videos, tmp_path):
             target, restore_args=ckptlib.ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True)))["state"]
     np.testing.assert_array_equal(kernel, source_state["params"]["student"]["patch_embed"]["kernel"])
-    np.testing.assert_array_equal(run.state["ema"]["patch_embed"]["kernel"], kernel)
+    np.testing.assert_array_equal(state["ema"]["patch_embed"]["kernel"], kernel)
 
 
 def test_bad_config_fails_before_anything_runs(videos, tmp_path):

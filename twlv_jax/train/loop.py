@@ -11,6 +11,11 @@ changes are warned about and kept in config_history.jsonl. SIGTERM/SIGINT at any
 (also while waiting for data) saves the current step and exits cleanly. A non-finite
 loss stops the run or rolls back to the last good checkpoint and skips the batch
 (`train.nan_policy`). docs/reliability.md lists each fault and what the run does.
+
+Each phase returns what it builds. `Run` holds what is built once and only read after
+(config, checkpoints, data stream, static setup); the train state and its `Position`
+(step, batches drawn, batches to skip) are passed to `train` and returned by it, and a
+rollback returns the restored pair.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import math
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,31 +60,48 @@ class WorkdirError(RuntimeError):
     """The workdir cannot take this run: not writable, or another run's records are there."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """The training data: the Grain iterator, what it reads, and its state at the start."""
+
+    iterator: object
+    info: object
+    start: dict                          # iterator state before the first batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a run is: its step and its place in the data stream (saved in each checkpoint)."""
+
+    step: int = 0                        # host copy of state['step'] (no device sync per step)
+    batches: int = 0                     # batches drawn from the data stream so far
+    skipped: tuple[int, ...] = ()        # stream positions to skip (they gave a non-finite loss)
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """The pieces of a run that the phases below build and share."""
+    """What the phases below read and never change: built once, before the first step."""
 
     config: object
     workdir: str
     stop: StopRequest
-    setup: statelib.Setup | None = None
-    data: object = None                  # the Grain iterator
-    data_info: object = None
-    initial_data_state: dict | None = None
-    checkpoints: ckptlib.Checkpoints | None = None
-    state: dict | None = None
-    step: int = 0                        # host copy of state['step'] (no device sync per step)
-    teachers: dict | None = None
-    batches: int = 0                     # batches drawn from the data stream so far
-    skipped: list[int] = dataclasses.field(default_factory=list)   # stream positions to skip
-    rollbacks: int = 0
-    probe_scores: tuple[int, dict] | None = None   # (step, scores) of the last probe
+    checkpoints: ckptlib.Checkpoints
+    stream: Stream
+    setup: statelib.Setup
     start_over: bool = False             # a fresh start over earlier records is allowed
-    config_changes: dict = dataclasses.field(default_factory=dict)  # key -> (saved, now)
 
     @property
     def is_chief(self) -> bool:
         return jax.process_index() == 0
+
+
+class Restored(NamedTuple):
+    """What `restore_or_init` produced."""
+
+    state: dict
+    position: Position
+    how: str                             # for the log
+    config_changes: dict                 # key -> (saved, now): changes since the checkpoint
 
 
 # ---------------------------------------------------------------------------
@@ -121,15 +144,15 @@ def records_path(workdir: str) -> str | None:
     return None
 
 
-def refuse_fresh_start(run: Run, why: str) -> None:
+def refuse_fresh_start(workdir: str, why: str, *, start_over: bool) -> None:
     """A fresh start would overwrite earlier records: an error, or with start_over, the
     records are moved aside (metrics.jsonl -> metrics.jsonl.before-<time>)."""
-    path = records_path(run.workdir)
+    path = records_path(workdir)
     if path is None:
         return
-    if not run.start_over:
+    if not start_over:
         raise WorkdirError(
-            f"{run.workdir} holds an earlier run's records ({path}) but {why}; refusing to "
+            f"{workdir} holds an earlier run's records ({path}) but {why}; refusing to "
             "start fresh over them. Use a new workdir, or pass --start_over to start a new run "
             "here (the old metrics are kept beside it)")
     kept = f"{path}.before-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -137,80 +160,82 @@ def refuse_fresh_start(run: Run, why: str) -> None:
     log.warning("--start_over: %s; starting fresh, earlier metrics kept as %s", why, kept)
 
 
-def start_data(run: Run) -> None:
-    c = run.config
-    run.data, run.data_info = pipeline.make_train_iterator(
+def start_data(config, workdir: str) -> Stream:
+    c = config
+    iterator, info = pipeline.make_train_iterator(
         c.data, frames=c.model.frames, image_size=c.model.image_size,
         global_batch_size=c.train.batch_size, seed=c.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        quarantine_path=os.path.join(run.workdir, "quarantine.csv"))
-    run.initial_data_state = run.data.get_state()
-    log.info("data: %s", run.data_info.description)
+        quarantine_path=os.path.join(workdir, "quarantine.csv"))
+    log.info("data: %s", info.description)
+    return Stream(iterator, info, iterator.get_state())
 
 
-def build_state(run: Run, mesh) -> None:
-    steps, warmup = total_steps(run.config, run.data_info.num_examples)
-    run.setup = statelib.build(run.config, mesh, total_steps=steps, warmup_steps=warmup)
-    fraction = statelib.unsharded_check(run.setup, run.config.train.unsharded_limit)
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(run.setup.abstract_state["params"]))
+def build_state(config, mesh, stream: Stream) -> statelib.Setup:
+    steps, warmup = total_steps(config, stream.info.num_examples)
+    setup = statelib.build(config, mesh, total_steps=steps, warmup_steps=warmup)
+    fraction = statelib.unsharded_check(setup, config.train.unsharded_limit)
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state["params"]))
     replicated = f", {fraction:.1%} of their bytes replicated" if jax.device_count() > 1 else ""
     log.info("model: %s student + heads, %.2fM trainable parameters%s; %d steps (%d warmup) at "
-             "batch %d", run.config.model.variant, params / 1e6, replicated, steps, warmup,
-             run.config.train.batch_size)
+             "batch %d", config.model.variant, params / 1e6, replicated, steps, warmup,
+             config.train.batch_size)
+    return setup
 
 
-def check_resume(run: Run, step: int, meta: dict) -> None:
+def check_resume(config, directory: str, step: int, meta: dict) -> dict:
     """Refuses a checkpoint whose config differs in what shapes the state (one error
-    listing every such key); notes the other changes for the warning and the history."""
-    structural, other = ckptlib.config_changes(meta["config"], run.config.to_dict())
+    listing every such key); returns the other changes, {key: (saved, now)}."""
+    structural, other = ckptlib.config_changes(meta["config"], config.to_dict())
     if structural:
         raise cfglib.ConfigError(
-            f"cannot resume from {run.checkpoints.directory}/{step}: the config changed in what "
+            f"cannot resume from {directory}/{step}: the config changed in what "
             "shapes the train state (checkpoint.STATE_KEYS):\n  - "
             + "\n  - ".join(f"{k}: {old!r} in the checkpoint, {new!r} now"
                             for k, (old, new) in structural.items())
             + "\nUse the checkpoint's values, or a new workdir (init_from=<this workdir> "
               "starts a new run from its weights).")
-    run.config_changes = other
+    return other
 
 
-def restore_or_init(run: Run) -> str:
+def restore_or_init(run: Run) -> Restored:
     """Newest intact checkpoint of this workdir, else init_from (params only), else fresh."""
-    setup, c = run.setup, run.config
-    had_checkpoints = bool(run.checkpoints.all_steps())
-    found = run.checkpoints.restore_latest(setup.abstract_state, run.data,
-                                           check=lambda step, meta: check_resume(run, step, meta))
+    c, checkpoints = run.config, run.checkpoints
+    had_checkpoints = bool(checkpoints.all_steps())
+    found = checkpoints.restore_latest(
+        run.setup.abstract_state, run.stream.iterator,
+        check=lambda step, meta: check_resume(c, checkpoints.directory, step, meta))
     if found is not None:
-        run.step, run.state, meta = found
-        run.batches, run.skipped = meta["batches"], list(meta.get("skipped_batches", []))
+        step, state, meta = found
+        position = Position(step, meta["batches"], tuple(meta.get("skipped_batches", [])))
         version, current = ckptlib.format_version(meta), ckptlib.FORMAT_VERSION
         upgrade = (f" (checkpoint format {version}, read as format {current}; new checkpoints "
                    f"are format {current})") if version < current else ""
-        return f"resumed from {run.checkpoints.directory} step {run.step}{upgrade}"
+        return Restored(state, position, f"resumed from {checkpoints.directory} step {step}{upgrade}",
+                        check_resume(c, checkpoints.directory, step, meta))
     if had_checkpoints:
-        refuse_fresh_start(run, "every checkpoint is corrupt (set aside: "
-                           f"{', '.join(run.checkpoints.corrupt())})")
-    run.data.set_state(run.initial_data_state)
-    run.batches = run.step = 0
-    run.state = statelib.init_state(setup)
+        refuse_fresh_start(run.workdir, "every checkpoint is corrupt (set aside: "
+                           f"{', '.join(checkpoints.corrupt())})", start_over=run.start_over)
+    run.stream.iterator.set_state(run.stream.start)
+    state = statelib.init_state(run.setup)
     if not c.init_from:
-        return "fresh init"
-    loaded, report = ckptlib.load_params(c.init_from, setup.abstract_state["params"],
+        return Restored(state, Position(), "fresh init", {})
+    loaded, report = ckptlib.load_params(c.init_from, run.setup.abstract_state["params"],
                                          strict=c.init_strict)
-    run.state["params"] = ckptlib.merge_params(run.state["params"], loaded)
-    if "ema" in run.state:
-        run.state["ema"] = jax.tree.map(jnp.copy, run.state["params"]["student"])
-    return "init_from: " + "; ".join(report)
+    state["params"] = ckptlib.merge_params(state["params"], loaded)
+    if "ema" in state:
+        state["ema"] = jax.tree.map(jnp.copy, state["params"]["student"])
+    return Restored(state, Position(), "init_from: " + "; ".join(report), {})
 
 
-def compile_step(run: Run):
+def compile_step(run: Run, state: dict, teachers: dict):
     """Ahead-of-time compilation of the train step; logs time and per-device memory."""
     setup, c = run.setup, run.config
     video = jax.ShapeDtypeStruct(
         (c.train.batch_size, c.model.frames, c.model.image_size, c.model.image_size, 3), jnp.uint8,
         sharding=batch_sharding(setup.mesh))
     start = time.perf_counter()
-    compiled = steplib.jit_train_step(setup).lower(run.state, run.teachers, video, 0.0).compile()
+    compiled = steplib.jit_train_step(setup).lower(state, teachers, video, 0.0).compile()
     memory = compiled.memory_analysis()
     in_use = ""
     if memory is not None:
@@ -221,11 +246,12 @@ def compile_step(run: Run):
     return compiled
 
 
-def save(run: Run) -> None:
-    meta = {"step": run.step, "batches": run.batches, "skipped_batches": run.skipped,
+def save(run: Run, state: dict, position: Position) -> None:
+    meta = {"step": position.step, "batches": position.batches,
+            "skipped_batches": list(position.skipped),
             "config": run.config.to_dict(), "versions": ckptlib.versions(),
             "process_count": jax.process_count(), "mesh": dict(run.setup.mesh.shape)}
-    run.checkpoints.save(run.step, run.state, run.data, meta)
+    run.checkpoints.save(position.step, state, run.stream.iterator, meta)
 
 
 # ---------------------------------------------------------------------------
@@ -234,129 +260,138 @@ def save(run: Run) -> None:
 def wait_for_batch(run: Run) -> dict | None:
     """The data stream's next batch; None when a stop signal came while waiting for it
     (the stream is then put back where it was, so a checkpoint resumes right)."""
+    data = run.stream.iterator
     if jax.process_count() > 1:            # processes agree on stops between steps only
-        return next(run.data)
-    before = run.data.get_state()
+        return next(data)
+    before = data.get_state()
     try:
         with run.stop.interruptible():
-            return next(run.data)
+            return next(data)
     except Interrupted:
         pipeline.kill_workers()            # the wait may be on a stuck worker
-        run.data.set_state(before)
+        data.set_state(before)
         return None
 
 
-def next_batch(run: Run, timer: Throughput) -> tuple[dict, int] | None:
-    """The next batch of the stream (skipping positions a rollback marked) and its
-    position; None when a stop signal came while waiting for data."""
+def next_batch(run: Run, position: Position, timer: Throughput) -> tuple[dict | None, Position]:
+    """The stream's next batch that is not to be skipped (None when a stop signal came
+    while waiting for data), and the position with every batch drawn counted."""
+    batches = position.batches
     while True:
         start = time.perf_counter()
         batch = wait_for_batch(run)
-        if batch is None:
-            return None
-        timer.waited(start, time.perf_counter())
-        position, run.batches = run.batches, run.batches + 1
-        if position not in run.skipped:
-            return batch, position
-        log.warning("skipping batch %d of the data stream (it gave a non-finite loss)", position)
+        if batch is not None:
+            timer.waited(start, time.perf_counter())
+            batches += 1
+        if batch is None or batches - 1 not in position.skipped:
+            return batch, dataclasses.replace(position, batches=batches)
+        log.warning("skipping batch %d of the data stream (it gave a non-finite loss)", batches - 1)
 
 
 def first_fault(pending: list[tuple[int, int, dict]]) -> tuple[int, int, str, dict] | None:
-    """(step, stream position, message, metrics) of the first non-finite step, if any."""
-    for step, position, metrics in pending:
+    """(step, stream position of its batch, message, metrics) of the first non-finite step
+    in `pending` ((step, stream position, metrics) each), if any."""
+    for step, drawn, metrics in pending:
         values = {k: float(v) for k, v in metrics.items()}
         bad = [k for k in values if k.startswith("loss") and not math.isfinite(values[k])]
         if bad or not math.isfinite(values["grad_norm"]):
             terms = [k for k in bad if k != "loss"] or bad or ["grad_norm"]
             message = (f"step {step}: non-finite {', '.join(terms)} "
                        f"(loss {values['loss']}, grad_norm {values['grad_norm']})")
-            return step, position, message, values
+            return step, drawn, message, values
     return None
 
 
-def handle_fault(run: Run, fault, writer: MetricsWriter) -> None:
-    """Stops, or rolls back to the last good checkpoint and marks the batch to be skipped."""
-    _, position, message, _ = fault
+def handle_fault(run: Run, fault, rollbacks: int, skipped: tuple[int, ...],
+                 writer: MetricsWriter) -> tuple[dict, Position]:
+    """Stops (NonFiniteError), or rolls back to the last good checkpoint: its state, and
+    its position with the bad batch (and those in `skipped`) marked to be skipped.
+    `rollbacks`: how many were done before this one."""
+    _, bad, message, _ = fault
     c = run.config.train
     run.checkpoints.wait()
     latest = run.checkpoints.latest_step()
     kept = f"the last good checkpoint is step {latest}" if latest is not None else "no checkpoint yet"
     if c.nan_policy == "stop":
         raise NonFiniteError(f"{message}; stopping ({kept}).")
-    if run.rollbacks >= c.nan_retries:
-        raise NonFiniteError(f"{message}; {run.rollbacks} rollbacks already (train.nan_retries="
+    if rollbacks >= c.nan_retries:
+        raise NonFiniteError(f"{message}; {rollbacks} rollbacks already (train.nan_retries="
                              f"{c.nan_retries}), stopping ({kept}).")
-    run.rollbacks += 1
-    skipped = [*run.skipped, position]
-    how = restore_or_init(run)
-    run.skipped = sorted(set(run.skipped) | set(skipped))
-    writer.rewind(run.step)
+    state, position, how, _ = restore_or_init(run)
+    position = dataclasses.replace(
+        position, skipped=tuple(sorted(set(position.skipped) | set(skipped) | {bad})))
+    writer.rewind(position.step)
     log.warning("%s; rollback %d/%d: %s, will skip batch %d of the data stream", message,
-                run.rollbacks, c.nan_retries, how, position)
+                rollbacks + 1, c.nan_retries, how, bad)
+    return state, position
 
 
-def flush(run: Run, pending: list, writer: MetricsWriter, timer: Throughput, perf: dict) -> bool:
-    """Checks the pending steps' metrics and logs the last one. False after a rollback."""
-    fault = first_fault(pending)
-    if fault:
-        pending.clear()
-        handle_fault(run, fault, writer)
-        timer.reset()
-        return False
-    step, _, metrics = pending[-1]
+def log_step(run: Run, step: int, metrics: dict, writer: MetricsWriter, timer: Throughput,
+             perf: dict) -> None:
+    """Writes a step's metrics, with throughput, when it is a logging step."""
     if step % run.config.train.log_every == 0 or step == run.setup.total_steps:
         scalars = {k: float(v) for k, v in metrics.items()}
         scalars.update(timer.report(run.config.train.batch_size, perf["flops"], perf["peak"]))
         writer.write(step, scalars)
-    pending.clear()
-    return True
 
 
-def train(run: Run, compiled, probe: KnnProbe | None, writer: MetricsWriter, perf: dict) -> str:
-    """Runs steps to the end. Returns 'done' or the name of the signal that stopped it."""
+def train(run: Run, state: dict, position: Position, teachers: dict, compiled,
+          probe: KnnProbe | None, writer: MetricsWriter, perf: dict) -> tuple[dict, Position, str]:
+    """Runs steps to the end: the last state, its position, and 'done' or the name of the
+    signal that stopped it."""
     c = run.config.train
     total = run.setup.total_steps
-    ckpt_every = cfglib.to_steps(c.ckpt_every, batch_size=c.batch_size,
-                                 examples_per_epoch=run.data_info.num_examples)
+    examples = run.stream.info.num_examples
+    ckpt_every = cfglib.to_steps(c.ckpt_every, batch_size=c.batch_size, examples_per_epoch=examples)
     probe_every = cfglib.to_steps(c.probe_every, batch_size=c.batch_size,
-                                  examples_per_epoch=run.data_info.num_examples) if probe else 0
+                                  examples_per_epoch=examples) if probe else 0
     sharding = batch_sharding(run.setup.mesh)
-    pending = []
+    pending = []                                            # (step, stream position, metrics)
+    rollbacks = 0
     # Across processes, agreeing on a stop is a collective: do it only every log_every steps.
     check_every = 1 if jax.process_count() == 1 else c.log_every
     with Throughput() as timer:
-        while run.step < total:
-            if run.step % check_every == 0 and (signal := preempted(run)):
-                return signal
-            fetched = next_batch(run, timer)
-            if fetched is None:
-                return preempted(run)
-            batch, position = fetched
+        while position.step < total:
+            if position.step % check_every == 0 and (signal := preempted(run)):
+                return state, position, signal
+            batch, position = next_batch(run, position, timer)
+            if batch is None:
+                return state, position, preempted(run)
+            drawn = position.batches - 1                    # this batch's place in the stream
             video = pipeline.to_global({"video": batch["video"]}, sharding)["video"]
-            poison = np.float32(np.nan if position in c.inject_nan_batches else 0.0)
-            run.state, metrics = compiled(run.state, run.teachers, video, poison)
-            run.step = step = run.step + 1
+            poison = np.float32(np.nan if drawn in c.inject_nan_batches else 0.0)
+            state, metrics = compiled(state, teachers, video, poison)
+            position = dataclasses.replace(position, step=position.step + 1)
+            step = position.step
             timer.dispatched(metrics["loss"])
-            pending.append((step, position, metrics))
+            pending.append((step, drawn, metrics))
             writer.advance()
             due_ckpt = ckpt_every and step % ckpt_every == 0
             due_probe = probe_every and step % probe_every == 0
             if not (step % c.log_every == 0 or due_ckpt or due_probe or step == total):
                 continue
-            if not flush(run, pending, writer, timer, perf):
-                continue                                    # rolled back
+            fault = first_fault(pending)
+            if fault:
+                pending.clear()
+                state, position = handle_fault(run, fault, rollbacks, position.skipped, writer)
+                rollbacks += 1
+                timer.reset()
+                continue
+            log_step(run, step, metrics, writer, timer, perf)
+            pending.clear()
             if due_ckpt:
-                save(run)
+                save(run, state, position)
             if due_probe:
-                run_probe(run, probe, writer)
-        return "done"
+                run_probe(probe, state, teachers, step, writer)
+        return state, position, "done"
 
 
-def run_probe(run: Run, probe: KnnProbe, writer: MetricsWriter) -> None:
-    scores = probe(run.state, run.teachers)
-    run.probe_scores = (run.step, scores)
-    writer.write(run.step, scores)
-    writer.note(f"step {run.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+def run_probe(probe: KnnProbe, state: dict, teachers: dict, step: int,
+              writer: MetricsWriter) -> dict:
+    """The probe's scores at `step`, also written to the metrics."""
+    scores = probe(state, teachers)
+    writer.write_probe(step, scores)
+    return scores
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +405,7 @@ def run(config, workdir: str, *, start_over: bool = False) -> dict:
     workdir = os.path.abspath(workdir)
     stop = StopRequest().install()
     try:
-        return _run(Run(config, workdir, stop, start_over=start_over))
+        return _run(config, workdir, stop, start_over)
     finally:
         stop.uninstall()
 
@@ -393,88 +428,94 @@ def performance(run: Run) -> dict:
     return perf
 
 
-def record_config(run: Run) -> None:
+def record_config(run: Run, start_step: int, changes: dict) -> None:
     """Writes config.json (the config now) and appends it to config_history.jsonl with
-    the changes since the checkpoint, so no earlier config is lost."""
+    the `changes` since the checkpoint, so no earlier config is lost."""
     path = os.path.join(run.workdir, "config.json")
     history = os.path.join(run.workdir, "config_history.jsonl")
     entries = []
     if os.path.isfile(path) and not os.path.isfile(history):   # a workdir from before history
         with open(path) as f:
             entries.append({"start_step": None, "config": json.load(f)})
-    entries.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_step": run.step,
-                    "changes": {k: list(v) for k, v in run.config_changes.items()},
+    entries.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_step": start_step,
+                    "changes": {k: list(v) for k, v in changes.items()},
                     "config": run.config.to_dict()})
     with open(history, "a") as f:
         f.writelines(json.dumps(e, default=str) + "\n" for e in entries)
     cfglib.save(run.config, path)
 
 
-def summarize(run: Run, outcome: str, start_step: int, last: dict, baseline: dict) -> dict:
+def summarize(run: Run, outcome: str, start_step: int, step: int, writer: MetricsWriter | None,
+              baseline: dict) -> dict:
     """The summary `run` returns."""
-    quarantine = run.data_info.quarantine
-    return {"outcome": outcome, "start_step": start_step, "step": run.step,
-            "total_steps": run.setup.total_steps, "last_metrics": last,
-            "probe": run.probe_scores[1] if run.probe_scores else {}, "probe_baseline": baseline,
-            "checkpoint": os.path.join(run.checkpoints.directory, str(run.step)),
+    quarantine = run.stream.info.quarantine
+    probed = writer.last_probe if writer else None
+    return {"outcome": outcome, "start_step": start_step, "step": step,
+            "total_steps": run.setup.total_steps, "last_metrics": writer.last if writer else {},
+            "probe": probed[1] if probed else {}, "probe_baseline": baseline,
+            "checkpoint": os.path.join(run.checkpoints.directory, str(step)),
             "bad_files": quarantine.summary() if quarantine.files else ""}
 
 
-def _run(run: Run) -> dict:
-    check_config(run.config, run.workdir)
-    run.checkpoints = ckptlib.Checkpoints(os.path.join(run.workdir, "checkpoints"),
-                                          keep=run.config.train.keep)
+def _run(config, workdir: str, stop: StopRequest, start_over: bool) -> dict:
+    check_config(config, workdir)
+    checkpoints = ckptlib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
     try:
-        steps = run.checkpoints.all_steps()
+        steps = checkpoints.all_steps()
         if not steps:
-            refuse_fresh_start(run, "it has no checkpoint to resume from")
+            refuse_fresh_start(workdir, "it has no checkpoint to resume from", start_over=start_over)
         else:                    # a config that cannot resume fails before anything is built
             with contextlib.suppress(ckptlib.CorruptCheckpoint):   # restore sets it aside
-                meta = run.checkpoints.checked(steps[-1], lambda: run.checkpoints.meta(steps[-1]))
-                check_resume(run, steps[-1], meta)
-        return _start_and_train(run)
+                meta = checkpoints.checked(steps[-1], lambda: checkpoints.meta(steps[-1]))
+                check_resume(config, checkpoints.directory, steps[-1], meta)
+        return _start_and_train(config, workdir, stop, checkpoints, start_over)
     finally:
-        run.checkpoints.close()
+        checkpoints.close()
 
 
-def _start_and_train(run: Run) -> dict:
-    c = run.config
+def _start_and_train(config, workdir: str, stop: StopRequest, checkpoints: ckptlib.Checkpoints,
+                     start_over: bool) -> dict:
+    c = config
     mesh = make_mesh(c.mesh.shape)
     log.info("mesh: %s over %d devices (%s), %d process(es); rules %s", dict(mesh.shape),
              jax.device_count(), jax.devices()[0].device_kind, jax.process_count(), c.mesh.rules)
-    start_data(run)
-    build_state(run, mesh)
-    log.info("state: %s", restore_or_init(run))
-    if run.config_changes:
+    stream = start_data(c, workdir)
+    setup = build_state(c, mesh, stream)
+    run = Run(c, workdir, stop, checkpoints, stream, setup, start_over)
+    state, position, how, changes = restore_or_init(run)
+    log.info("state: %s", how)
+    if changes:
         log.warning("resuming with a changed config (both kept in config_history.jsonl): %s",
-                    "; ".join(f"{k}: {old!r} -> {new!r}"
-                              for k, (old, new) in run.config_changes.items()))
-    if run.step >= run.setup.total_steps:
-        return summarize(run, "nothing to do", run.step, {}, {})
+                    "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+    start_step = position.step
+    if start_step >= setup.total_steps:
+        return summarize(run, "nothing to do", start_step, start_step, None, {})
     files = {"image_teacher": c.teacher.weights, "video_teacher": c.objective.video_teacher.weights}
-    run.teachers = statelib.init_teachers(run.setup, files)
+    teachers = statelib.init_teachers(setup, files)
     if run.is_chief:
-        record_config(run)
-    start_step, baseline = run.step, {}
-    writer = MetricsWriter(run.workdir, enabled=run.is_chief, start_step=start_step,
-                           total_steps=run.setup.total_steps)
+        record_config(run, start_step, changes)
+    baseline = {}
+    writer = MetricsWriter(workdir, enabled=run.is_chief, start_step=start_step,
+                           total_steps=setup.total_steps)
     try:
         outcome = preempted(run)
         if outcome is None:
-            compiled, perf = compile_step(run), performance(run)
-            probe = KnnProbe(c.train.probe_path, run.setup, k=c.train.probe_k) if c.train.probe_path else None
-            if probe and run.step == 0:                  # the untrained baseline
-                run_probe(run, probe, writer)
-                baseline = run.probe_scores[1]
-            outcome = preempted(run) or train(run, compiled, probe, writer, perf)
-            if probe and outcome == "done" and (run.probe_scores or (None,))[0] != run.step:
-                run_probe(run, probe, writer)
-        if run.checkpoints.latest_step() != run.step:
-            save(run)
-        run.checkpoints.wait()
+            compiled, perf = compile_step(run, state, teachers), performance(run)
+            probe = KnnProbe(c.train.probe_path, setup, k=c.train.probe_k) if c.train.probe_path else None
+            if probe and start_step == 0:                # the untrained baseline
+                baseline = run_probe(probe, state, teachers, 0, writer)
+            outcome = preempted(run)
+            if outcome is None:
+                state, position, outcome = train(run, state, position, teachers, compiled, probe,
+                                                 writer, perf)
+            if probe and outcome == "done" and (writer.last_probe or (None,))[0] != position.step:
+                run_probe(probe, state, teachers, position.step, writer)
+        if checkpoints.latest_step() != position.step:
+            save(run, state, position)
+        checkpoints.wait()
     finally:
         writer.close()
-    return summarize(run, outcome, start_step, writer.last, baseline)
+    return summarize(run, outcome, start_step, position.step, writer, baseline)
 
 
 def summary_text(summary: dict, workdir: str) -> str:

@@ -29,7 +29,8 @@ class MetricsWriter:
     def __init__(self, workdir: str, *, enabled: bool, start_step: int, total_steps: int):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.last: dict = {}
+        self.last: dict = {}                # the last training record, for the summary
+        self.last_probe: tuple[int, dict] | None = None     # (step, scores) of the last probe
         if enabled:
             truncate_jsonl(self.path, start_step)
             self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
@@ -57,7 +58,7 @@ class MetricsWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         record = {"step": step, **{k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()}}
         if "loss" in scalars:
-            self.last = record              # the last training record, for the summary
+            self.last = record
         if not self.enabled:
             return
         self.file.write(json.dumps(record) + "\n")
@@ -67,6 +68,12 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(key, value, step)
         if "loss" in scalars:
             self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+
+    def write_probe(self, step: int, scores: dict[str, float]) -> None:
+        """The online probe's scores at `step`: written, and shown above the progress bar."""
+        self.write(step, scores)
+        self.note(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        self.last_probe = (step, scores)
 
     def note(self, text: str) -> None:
         """A line of text above the progress bar (process 0 only)."""
