@@ -8,6 +8,7 @@ import pytest
 
 from twlv_jax import config as cfglib
 from twlv_jax.parallel.mesh import make_mesh
+from twlv_jax.train import flops
 from twlv_jax.train import state as statelib
 from twlv_jax.train import step as steplib
 from twlv_jax.train.validate import validate
@@ -90,6 +91,25 @@ def test_microbatches_must_divide_the_per_device_batch():
     with pytest.raises(cfglib.ConfigError, match=r"train.microbatches=3 does not divide the "
                        r"per-device batch 2 \(train.batch_size=16 over 8 data-parallel devices\)"):
         validate(tiny("videomae", "train.batch_size=16", "train.microbatches=3"), num_devices=8)
+
+
+@pytest.mark.parametrize("target", ["pixel", "latent", "distill", "video_teacher"])
+def test_analytic_flops_are_the_matmuls_xla_counts(target, monkeypatch):
+    # flops.step_flops against XLA's cost analysis of the compiled step, each target alone.
+    # Layers unrolled (cost analysis counts a scanned body once) and plain einsums. XLA also
+    # counts elementwise work, norms, softmax and the optimizer, so its count is higher by a
+    # bounded share; a target whose FLOPs were left out would be far outside it.
+    monkeypatch.setenv("TWLV_CPU_KERNELS", "0")
+    config = tiny("videomae", "objective.preset=none", "objective.mask.kind=tube",
+                  "objective.mask.ratio=0.75",
+                  f"objective.{target}.weight=1", "objective.video_teacher.variant=tiny",
+                  "model.scan=false", "model.attention=xla", "train.batch_size=4")
+    setup, state, teachers = setup_on(config, "1,1,1", jax.devices()[:1])
+    step = steplib.jit_train_step(setup).lower(state, teachers, moving_squares(4), np.float32(0))
+    cost = step.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ratio = cost["flops"] / flops.step_flops(config, setup.objective)
+    assert 1.0 <= ratio < 1.3, ratio
 
 
 def shard_bytes(tree, device):
