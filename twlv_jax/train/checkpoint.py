@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 
 from twlv_jax.models import weights as weightlib
-from twlv_jax.objectives import presets
+from twlv_jax.objectives import presets, targets
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,7 @@ log = logging.getLogger(__name__)
 # listed as a warning and kept in WORKDIR/config_history.jsonl.
 STATE_KEYS = (
     "model.*",                              # but not COMPUTE_ONLY below
-    "objective.targets",
-    "objective.distill.layers",
-    "objective.pixel.decoder_width", "objective.pixel.decoder_depth",
-    "objective.latent.predictor_width", "objective.latent.predictor_depth",
-    "objective.video_teacher.layers", "objective.video_teacher.variant",
+    "objective.targets",                    # and each target's own `Target.state_keys`
     "teacher.variant",
     "optim.clipping", "optim.layer_scaling",
 )
@@ -84,8 +80,11 @@ def _derived(config: dict) -> dict[str, object]:
 
 
 def shapes_state(key: str) -> bool:
-    """Whether a config key is one of STATE_KEYS."""
-    return key not in COMPUTE_ONLY and any(fnmatch.fnmatchcase(key, p) for p in STATE_KEYS)
+    """Whether a config key is one of STATE_KEYS or a key a target says shapes its head."""
+    declared = {f"objective.{name}.{part}" for name, target in targets.REGISTRY.items()
+                for part in target.state_keys}
+    return key not in COMPUTE_ONLY and (
+        key in declared or any(fnmatch.fnmatchcase(key, p) for p in STATE_KEYS))
 
 
 def config_changes(saved: dict, current: dict) -> tuple[dict, dict]:
