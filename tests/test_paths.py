@@ -175,3 +175,31 @@ def test_a_sweep_in_a_bucket_is_handed_over_and_collected(bucket, tmp_path, capf
     assert "| seed=1 | running |" in paths.read_bytes(f"{root}/results.md").decode()
     code = sweep_cli.main([str(spec), "--workdir", root, "--devices", "8"])
     assert code == 2 and "local runs train in a local folder" in capfd.readouterr().err
+
+
+def test_training_batches_from_a_bucket_equal_the_local_ones_with_a_worker_process(bucket, trained):
+    import ml_collections
+
+    from twlv_jax.data import pipeline
+
+    _, videos = trained
+    remote = f"{bucket}/train"
+    _upload(str(videos), remote)
+
+    def batches(path, workers):
+        cfg = ml_collections.ConfigDict(dict(
+            source="manifest", path=path, split="train", stride=2, crop_scale=(0.3, 1.0),
+            crop_ratio=(0.75, 1.35), flip=True, short_video="loop", workers=workers,
+            max_bad_fraction=0.5))
+        iterator, info = pipeline.make_train_iterator(
+            cfg, frames=4, image_size=16, global_batch_size=4, seed=3, process_index=0,
+            process_count=1, quarantine_path=None)
+        taken = [next(iterator) for _ in range(3)]
+        iterator.close()
+        return taken, info
+
+    remote_batches, info = batches(f"{remote}/train.csv", workers=1)
+    local_batches, _ = batches(str(videos / "train.csv"), workers=0)
+    assert info.num_examples == 24
+    for a, b in zip(remote_batches, local_batches, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
