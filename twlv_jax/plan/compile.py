@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from twlv_jax.parallel.mesh import batch_sharding, make_mesh
-from twlv_jax.plan.targets import Target
+from twlv_jax.plan.targets import Target, TargetError
 from twlv_jax.train import flops
 from twlv_jax.train import state as statelib
 from twlv_jax.train import step as steplib
@@ -107,6 +107,11 @@ def compile_plan(config, target: Target, devices: list) -> Plan:
     except Exception as error:  # XLA raises its own runtime error type for an OOM
         if is_oom(error):
             raise DoesNotFit(str(error).strip().splitlines()[0]) from None
+        if "cuDNN not found" in str(error):
+            raise TargetError(f"{target.text}: the step uses cuDNN's fused attention "
+                              "(model.attention=auto in bfloat16), whose version check needs "
+                              "the cuDNN library: pip install nvidia-cudnn-cu12 beside "
+                              "jax-cuda12-plugin") from None
         raise
     plan = Plan(target, dict(setup.mesh.shape), {**state_bytes, **_memory(compiled)},
                 flops.step_flops(config, setup.objective), time.perf_counter() - start)

@@ -114,6 +114,7 @@ def devices(target: Target) -> list:
             target_config=GPU_SPEC.format(memory=memory, name=description))
     except (NotImplementedError, RuntimeError) as error:
         raise TargetError(
-            f"{target.text}: GPU targets need jax-cuda12-plugin at JAX's version and "
-            f"JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 on a machine without a GPU ({error})") from None
+            f"{target.text}: GPU targets need jax-cuda12-plugin at JAX's version (and "
+            f"nvidia-cudnn-cu12) and JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 on a machine without a "
+            f"GPU ({error})") from None
     return list(topology.devices)
