@@ -172,6 +172,8 @@ def test_import_videomae_reproduces_hugging_face(tmp_path):
     _, abstract, _ = abstract_student(config)
     _, lines = ckptlib.load_params(out, {"student": abstract})
     assert lines[0].startswith("loaded 17 of 17 parameter arrays")
+    with open(os.path.join(out, "checkpoints", "0", "meta", "metadata")) as f:
+        assert json.load(f)["format_version"] == ckptlib.FORMAT_VERSION   # not read as format 1
 
 
 def test_import_videomae_pretraining_decoder_into_our_pixel_decoder(tmp_path):

@@ -23,7 +23,7 @@ from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives.hybrid import Pretrainer
 from twlv_jax.objectives.hybrid import student as build_student
 from twlv_jax.objectives.presets import resolve
-from twlv_jax.train.checkpoint import Checkpoints, versions
+from twlv_jax.train.checkpoint import FORMAT_VERSION, Checkpoints, versions
 
 PRETRAIN_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain.py")
 
@@ -90,7 +90,8 @@ def write(directory: str, config, params: dict[str, np.ndarray], *, source: str,
         if checkpoints.all_steps():
             raise FileExistsError(f"{directory} already holds a checkpoint; choose a new folder")
         meta = {"step": 0, "batches": 0, "skipped_batches": [], "config": config.to_dict(),
-                "versions": versions(), "process_count": 1, "mesh": {}, "imported_from": source}
+                "versions": versions(), "process_count": 1, "mesh": {}, "imported_from": source,
+                "format_version": FORMAT_VERSION}
         state = {"params": weightlib.unflatten({**{f"student.{k}": v for k, v in params.items()},
                                                 **(heads or {})})}
         checkpoints.manager.save(0, force=True, args=ocp.args.Composite(

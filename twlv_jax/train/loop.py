@@ -39,6 +39,7 @@ from absl import flags
 from twlv_jax import config as cfglib
 from twlv_jax.data import pipeline
 from twlv_jax.data.quarantine import TooManyBadFiles
+from twlv_jax.objectives import hybrid
 from twlv_jax.parallel.mesh import batch_sharding, make_mesh
 from twlv_jax.train import checkpoint as ckptlib
 from twlv_jax.train import distributed, flops
@@ -490,8 +491,7 @@ def _start_and_train(config, workdir: str, stop: StopRequest, checkpoints: ckptl
     start_step = position.step
     if start_step >= setup.total_steps:
         return summarize(run, "nothing to do", start_step, start_step, None, {})
-    files = {"image_teacher": c.teacher.weights, "video_teacher": c.objective.video_teacher.weights}
-    teachers = statelib.init_teachers(setup, files)
+    teachers = statelib.init_teachers(setup, hybrid.teacher_weight_files(c, setup.objective))
     if run.is_chief:
         record_config(run, start_step, changes)
     baseline = {}
