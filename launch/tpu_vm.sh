@@ -2,7 +2,8 @@
 # Cloud TPU VM pod slice: the same command on every worker over gcloud ssh; JAX finds the
 # coordinator from the TPU metadata (--coordinator=auto). The repo and .venv must exist
 # on every worker (e.g. `make demo` there once); WORKDIR must be a filesystem path that
-# every worker shares (Filestore/NFS); gs:// paths are not supported yet.
+# every worker shares (Filestore/NFS/gcsfuse: checkpoints and metrics are not written to
+# buckets yet); data.path may be gs:// (with gcsfs installed).
 USAGE="usage: launch/tpu_vm.sh [--dry_run] --tpu=NAME --zone=ZONE [--repo=DIR] CONFIG[:ARGS] WORKDIR [--config.KEY=VALUE ...]"
 source "$(dirname "$0")/common.sh"
 parse_args "$@"
