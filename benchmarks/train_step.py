@@ -470,19 +470,21 @@ def torch_table(results: list[Result]) -> list[str]:
 
 def variant_table(results: list[Result], peak: dict[str, float], variant: str) -> list[str]:
     """Ours against our step with the variant's override, same size, objective and precision, same
-    group."""
+    group. Speed-up: of the median steps, and the median of each round's ratio (the two steps
+    of a round ran one after the other, under about the same load)."""
     rows = [f"| size | objective | precision | batch | step {variant} (s) | step ours (s) | speed-up | "
-            f"MFU {variant} -> ours | XLA temp GB {variant} -> ours | peak RSS GB {variant} -> ours | "
-            f"compile + first step (s) {variant} -> ours | grad-norm diff |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            f"speed-up per round | MFU {variant} -> ours | XLA temp GB {variant} -> ours | "
+            f"peak RSS GB {variant} -> ours | compile + first step (s) {variant} -> ours | grad-norm diff |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_key = index(results)
     for r in results:
         c = r.case
         ours = by_key.get(("jax", c.size, c.objective, c.precision, ""))
         if c.framework != "jax" or c.variant != variant or not ours:
             continue
+        per_round = np.median(np.asarray(r.values) / np.asarray(ours.values))
         rows.append(f"| {c.size} | {c.objective} | {c.precision} | {c.batch} | {r.seconds:.3f} | "
-                    f"{ours.seconds:.3f} | {r.seconds / ours.seconds:.2f}x | "
+                    f"{ours.seconds:.3f} | {r.seconds / ours.seconds:.2f}x | {per_round:.3f}x | "
                     f"{mfu(r, peak):.1%} -> {mfu(ours, peak):.1%} | {r.temp_gb:.2f} -> {ours.temp_gb:.2f} | "
                     f"{r.rss_gb:.1f} -> {ours.rss_gb:.1f} | {r.compile_s:.0f} -> {ours.compile_s:.0f} | "
                     f"{grad_difference(r, ours)} |")
