@@ -67,19 +67,20 @@ def test_a_config_too_large_fails_with_the_memory_message(capsys):
     assert "temporaries" in out                      # the breakdown is still printed
 
 
-def test_suggestions_try_full_remat_then_halve_the_per_chip_batch():
-    config = cfglib.build(TINY, [("train.batch_size", "64")])
-    assert cli.candidates(config, 8) == [("full", 64), ("none", 32), ("full", 32), ("none", 16)]
+def test_suggestions_try_full_remat_then_more_microbatches():
+    config = cfglib.build(TINY, [("train.batch_size", "64")])          # 8 clips per device
+    assert cli.candidates(config, 8) == [("full", 1), ("none", 2), ("full", 2), ("none", 4)]
     config = cfglib.build(TINY, [("train.batch_size", "16"), ("model.remat", "full")])
-    assert cli.candidates(config, 8) == [("full", 8)]
+    assert cli.candidates(config, 8) == [("full", 2)]
 
 
 def test_a_suggestion_is_compiled_and_shown_to_fit(capsys):
-    fits = _plan("cpu:8", "train.batch_size=16", "model.remat=full")
+    # The global batch stays 32: two microbatches of 2 clips per device fit, one of 4 does not.
+    fits = _plan("cpu:8", "train.batch_size=32", "model.remat=full", "train.microbatches=2")
     memory = fits.total * 1.01 / 2**30
     code, _, err = _main(capsys, "--config", TINY, "--target", "cpu:8", "--memory", f"{memory}",
                          "--config.train.batch_size=32", "--config.model.remat=full")
-    assert code == 2 and "fits with --config.model.remat=full --config.train.batch_size=16" in err
+    assert code == 2 and "fits with --config.model.remat=full --config.train.microbatches=2" in err
 
 
 def _plan_process(*argv):

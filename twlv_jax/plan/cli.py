@@ -64,31 +64,34 @@ def report(plan, config, mfu: float, peak: float) -> str:
 
 
 def candidates(config, num_devices: int) -> list[tuple[str, int]]:
-    """(remat, global batch) to try when the step does not fit: full remat first, then
-    halving the per-chip batch, down to one clip per data-parallel device."""
+    """(remat, microbatches) to try when the step does not fit, the global batch kept: full
+    remat first, then doubling `train.microbatches` (halving the per-chip microbatch) with the
+    config's remat and with full remat, down to one clip per device and microbatch."""
     data, fsdp, _ = cfglib.mesh_shape(config.mesh.shape, num_devices)
+    per_device = config.train.batch_size // (data * fsdp)
     remats = list(dict.fromkeys([config.model.remat, "full"]))
-    batch, result = config.train.batch_size, []
-    while batch >= data * fsdp and batch % (data * fsdp) == 0:
-        result += [(r, batch) for r in remats]
-        batch //= 2
-    return [c for c in result if c != (config.model.remat, config.train.batch_size)][:MAX_SUGGESTIONS]
+    micro, result = config.train.microbatches, []
+    while micro <= per_device and per_device % micro == 0:
+        result += [(r, micro) for r in remats]
+        micro *= 2
+    original = (config.model.remat, config.train.microbatches)
+    return [c for c in result if c != original][:MAX_SUGGESTIONS]
 
 
 def suggest(config, target, devices) -> str:
-    """The first remat/batch variant that compiles and fits, as overrides; or why none."""
+    """The first remat/microbatches variant that compiles and fits, as overrides; or why none."""
     from twlv_jax.plan.compile import DoesNotFit, compile_plan, size
 
     tried = []
-    for remat, batch in candidates(config, len(devices)):
+    for remat, micro in candidates(config, len(devices)):
         variant = config.copy_and_resolve_references()
-        variant.model.remat, variant.train.batch_size = remat, batch
-        tried.append(f"remat={remat} batch={batch}")
+        variant.model.remat, variant.train.microbatches = remat, micro
+        tried.append(f"remat={remat} microbatches={micro}")
         try:
             plan = compile_plan(variant, target, devices)
         except DoesNotFit:
             continue
-        return (f"fits with --config.model.remat={remat} --config.train.batch_size={batch} "
+        return (f"fits with --config.model.remat={remat} --config.train.microbatches={micro} "
                 f"(compiled: {size(plan.total)} per device)")
     return "none of " + ", ".join(tried) + " fits" if tried else "nothing smaller to try"
 
