@@ -235,6 +235,19 @@ def test_bad_files_are_listed_and_counted(data, encoder, tmp_path):
     assert f"bad files: 2, listed in {out}/mixed_bad_files.csv" in embed.summary_text(summary)
 
 
+def test_a_rerun_where_every_video_left_is_bad_lists_them_and_ends(data, encoder, tmp_path):
+    garbled, empty = write_bad_copies(data, str(tmp_path / "bad"))
+    rows = [{"path": garbled, "labels": {"label": 2}}, {"path": empty, "labels": {"label": 3}}]
+    manifest = read_manifest(write_manifest(str(tmp_path / "bad.csv"), rows))
+    out = str(tmp_path / "emb")
+    for _ in range(2):                       # the rerun finds only the same bad files to do
+        summary = embed.embed_split(encoder, manifest, out, "bad", embed.EmbedOptions(),
+                                    progress=False)
+        assert (summary["written"], summary["status"]) == (0, "done")
+        assert summary["bad_files"] == {garbled: "corrupt", empty: "empty"}
+    assert split_files(os.path.join(out, "bad")) == []
+
+
 def test_duplicate_stems_get_unique_stable_ids(data, tmp_path):
     train, val = read_manifest(str(data / "train.csv")), read_manifest(str(data / "val.csv"))
     rows = [{"path": train.paths[0]}, {"path": val.paths[0]}, {"path": train.paths[1]},

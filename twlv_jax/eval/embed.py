@@ -14,6 +14,7 @@ once; a rerun skips videos whose json exists. Bad files are listed, never fatal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 from twlv_jax import paths as pathlib
 from twlv_jax.data.evaluation import ClipGroup, iter_clip_groups
 from twlv_jax.data.manifest import Manifest, ManifestError, read_manifest_or_folder
-from twlv_jax.data.quarantine import Quarantine
+from twlv_jax.data.quarantine import Quarantine, TooManyBadFiles
 from twlv_jax.data.sources import ManifestSource
 from twlv_jax.eval import embed_files
 from twlv_jax.eval.embed_files import EmbedError
@@ -171,8 +172,10 @@ def embed_split(encoder, manifest: Manifest, output: str, split: str, options: E
     if progress:
         print(plan_text(summary), flush=True)
     quarantine = Quarantine(summary["bad_files_csv"], total=max(len(todo), 1), max_fraction=1.0)
-    _write_videos(encoder, manifest, todo, ids, annotations, options, frames, quarantine,
-                  summary, progress)
+    # Raised only once every video left was unreadable: each is listed, as any bad one.
+    with contextlib.suppress(TooManyBadFiles):
+        _write_videos(encoder, manifest, todo, ids, annotations, options, frames, quarantine,
+                      summary, progress)
     summary.update(bad_files=dict(quarantine.files), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                    status="done" if not left else "limited")
     embed_files.write_json(meta_path, summary)
@@ -351,7 +354,7 @@ def _run(args) -> int:
         raise EmbedError(f"--limit must be >= 0, got {args.limit}")
     if not pathlib.exists(args.input):
         raise EmbedError(f"input {args.input} does not exist")
-    if not os.path.exists(args.checkpoint):
+    if not pathlib.exists(args.checkpoint):
         raise EmbedError(f"checkpoint {args.checkpoint} does not exist")
     split = _split_name(args)
     manifest = read_manifest_or_folder(args.input, args.split)
