@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Cloud TPU VM pod slice: the same command on every worker over gcloud ssh; JAX finds the
 # coordinator from the TPU metadata (--coordinator=auto). The repo and .venv must exist
-# on every worker (e.g. `make demo` there once); WORKDIR must be a filesystem path that
-# every worker shares (Filestore/NFS/gcsfuse: checkpoints and metrics are not written to
-# buckets yet); data.path may be gs:// (with gcsfs installed).
+# on every worker (e.g. `make demo` there once); WORKDIR must be a place every worker
+# shares: a bucket (gs://...) or a shared filesystem (Filestore/NFS); data.path may be
+# gs:// too.
 USAGE="usage: launch/tpu_vm.sh [--dry_run] --tpu=NAME --zone=ZONE [--repo=DIR] CONFIG[:ARGS] WORKDIR [--config.KEY=VALUE ...]"
 source "$(dirname "$0")/common.sh"
 parse_args "$@"

@@ -28,24 +28,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _send_generations() -> None:
+    """Makes the emulator's downloads carry the object's `x-goog-generation` header, as
+    Cloud Storage's do: TensorStore (OCDBT's manifest, read then conditionally rewritten
+    at each commit) otherwise fails with "Malformed StorageGeneration"."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    download = objects.download
+    if getattr(download, "sends_generation", False):
+        return
+
+    def with_generation(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        if response.status.value < 300:
+            response["x-goog-generation"] = storage.get_file_obj(
+                request.params["bucket_name"], request.params["object_id"])["generation"]
+
+    with_generation.sends_generation = True
+    objects.download = with_generation            # what objects.get calls for ?alt=media
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            if handler is download:
+                handlers[method] = with_generation
+
+
 @pytest.fixture(scope="module")
 def bucket():
     """gs://BUCKET on an emulator that lives as long as this module's tests."""
     from gcp_storage_emulator.server import create_server
 
+    _send_generations()
     port = _free_port()
     server = create_server("localhost", port, in_memory=True, default_bucket=BUCKET)
     server.start()
-    before = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://localhost:{port}"
+    # gcsfs (etils.epath) and TensorStore (Orbax's arrays) each read their own variable.
+    variables = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update({name: f"http://localhost:{port}" for name in variables})
     for name in ("gcsfs", "google.auth"):       # no credentials: said per request
         logging.getLogger(name).setLevel(logging.ERROR)
     yield f"gs://{BUCKET}"
     server.stop()
-    if before is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST")
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
 
 
 def _upload(local: str, remote: str) -> None:
@@ -203,3 +232,99 @@ def test_training_batches_from_a_bucket_equal_the_local_ones_with_a_worker_proce
     assert info.num_examples == 24
     for a, b in zip(remote_batches, local_batches, strict=True):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _train(data: str, workdir: str, steps: int) -> dict:
+    """tests/conftest.py's tiny run, on a manifest and workdir given as (remote) paths."""
+    from twlv_jax import config as cfglib
+    from twlv_jax.train import loop
+    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=videomae", [
+        ("data.path", data), ("data.workers", "0"), ("train.batch_size", "8"),
+        ("train.steps", str(steps)), ("train.ckpt_every", "2"), ("train.log_every", "1")])
+    return loop.run(config, workdir)
+
+
+# Reading the damaged checkpoint leaves TensorStore coroutines that fail after the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_run_trains_resumes_and_is_embedded_entirely_in_a_bucket(bucket, trained, capsys):
+    from twlv_jax.train.checkpoint import Checkpoints
+
+    _, videos = trained
+    remote = f"{bucket}/run"
+    _upload(str(videos), f"{remote}/data")
+    workdir = f"{remote}/work"
+    first = _train(f"{remote}/data/train.csv", workdir, steps=2)
+    assert first["outcome"] == "done" and first["checkpoint"] == f"{workdir}/checkpoints/2"
+    assert paths.isdir(f"{workdir}/checkpoints/2/state")
+    assert paths.glob(workdir, "tensorboard/events.out.tfevents.*")
+    # Resumed from the checkpoint in the bucket: metrics and config history rewritten whole.
+    second = _train(f"{remote}/data/train.csv", workdir, steps=3)
+    assert (second["start_step"], second["step"]) == (2, 3)
+    with paths.open(f"{workdir}/metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
+    with paths.open(f"{workdir}/config_history.jsonl") as f:
+        assert [json.loads(line)["start_step"] for line in f] == [0, 2]
+    assert json.loads(paths.read_bytes(f"{workdir}/config.json"))["train"]["steps"] == 3
+    checkpoints = Checkpoints(f"{workdir}/checkpoints", read_only=True)
+    try:
+        assert checkpoints.all_steps() == [2, 3] and checkpoints.verify(3) == []
+    finally:
+        checkpoints.close()
+    output = f"{remote}/embeddings"
+    assert embedlib.main(["--checkpoint", workdir, "--input", f"{remote}/data", "--split", "val",
+                          "--output", output, "--batch_size", "8"]) == 0
+    capsys.readouterr()
+    summary = json.loads(paths.read_bytes(f"{output}/embed_val.json"))
+    assert summary["spec"]["checkpoint"] == f"{workdir}/checkpoints/3"
+    assert summary["written"] == 8 and len(paths.glob(output, "val/*_v.npy")) == 8
+    # A damaged checkpoint in the bucket is named, set aside, and the resume falls back.
+    state = f"{workdir}/checkpoints/3/state"
+    paths.remove(max(paths.walk_files(state), key=paths.getsize))
+    checkpoints = Checkpoints(f"{workdir}/checkpoints", read_only=True)
+    try:
+        assert any(p.startswith("state.") for p in checkpoints.verify(3))
+    finally:
+        checkpoints.close()
+    third = _train(f"{remote}/data/train.csv", workdir, steps=4)
+    assert (third["start_step"], third["step"]) == (2, 4)
+    assert sorted(paths.listdir(f"{workdir}/checkpoints")) == ["2", "3.corrupt", "4"]
+    with paths.open(f"{workdir}/metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+
+
+def test_a_workdir_in_a_bucket_is_checked_and_its_records_kept_on_a_start_over(bucket):
+    from twlv_jax.train import loop
+
+    workdir = f"{bucket}/records"
+    loop.check_workdir(workdir)
+    assert paths.listdir(f"{workdir}/checkpoints") == []            # no probe object left
+    with paths.open(f"{workdir}/file", "w") as f:
+        f.write("x")
+    with pytest.raises(loop.WorkdirError, match="is a file, not a folder"):
+        loop.check_workdir(f"{workdir}/file")
+    with paths.open(f"{workdir}/metrics.jsonl", "w") as f:
+        f.write('{"step": 1}\n')
+    with pytest.raises(loop.WorkdirError, match="--start_over"):
+        loop.refuse_fresh_start(workdir, "why", start_over=False)
+    loop.refuse_fresh_start(workdir, "why", start_over=True)
+    kept = paths.glob(workdir, "metrics.jsonl.before-*")
+    assert len(kept) == 1 and paths.read_bytes(kept[0]) == b'{"step": 1}\n'
+    assert not paths.exists(f"{workdir}/metrics.jsonl") and loop.records_path(workdir) is None
+
+
+def test_a_teacher_weights_file_in_a_bucket_is_checked_through_a_local_copy(bucket, tmp_path):
+    from safetensors.numpy import save_file
+
+    from twlv_jax.train.validate import _check_weights_file
+
+    save_file({"w": np.ones((2, 3), np.float32)}, str(tmp_path / "t.safetensors"))
+    good, bad = f"{bucket}/teacher/t.safetensors", f"{bucket}/teacher/bad.safetensors"
+    paths.upload(str(tmp_path / "t.safetensors"), good)
+    with paths.open(bad, "wb") as f:
+        f.write(b"not safetensors")
+    assert _check_weights_file("teacher.weights", good) == []
+    assert "not a readable safetensors file" in _check_weights_file("teacher.weights", bad)[0]
+    assert "no such file" in _check_weights_file("teacher.weights", f"{bucket}/teacher/none")[0]
+    with paths.local_copy(good) as local:
+        assert not paths.is_remote(local) and paths.read_bytes(local) == paths.read_bytes(good)
+    assert not os.path.exists(local)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from twlv_jax import paths
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message says what to change."""
@@ -255,15 +257,15 @@ def build(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collection
 
 def save(config: ml_collections.ConfigDict, path: str) -> None:
     """Writes the config as JSON (what was resolved, to be read by people and tools)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    paths.makedirs(paths.dirname(paths.absolute(path)))
+    with paths.open(path, "w") as f:
         json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
         f.write("\n")
 
 
 def from_json(path: str) -> ml_collections.ConfigDict:
     """Reads a config written by `save` (e.g. from a workdir or checkpoint)."""
-    with open(path) as f:
+    with paths.open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
 

@@ -18,6 +18,7 @@ import contextlib
 import os
 import posixpath
 import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import IO
 
@@ -130,7 +131,40 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def append(path: str, text: str) -> None:
+    """Adds `text` at the end of a file, made when missing: locally in append mode; in a
+    bucket, whose objects cannot be appended to, the object is read and written whole."""
+    if not is_remote(path):
+        with builtins.open(path, "a") as f:
+            f.write(text)
+        return
+    before = read_bytes(path).decode() if exists(path) else ""
+    with open(path, "w") as f:
+        f.write(before + text)
+
+
+def upload(local: str, path: str) -> None:
+    """Copies the local file `local` to `path` (local or in a bucket), whole."""
+    with builtins.open(local, "rb") as source, open(path, "wb") as target:
+        shutil.copyfileobj(source, target)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local file with the contents of `path`, for readers that need one (safetensors):
+    `path` itself when local, else a temporary copy removed on exit."""
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="twlv-copy-") as folder:
+        local = os.path.join(folder, posixpath.basename(path.rstrip("/")))
+        with open(path, "rb") as source, builtins.open(local, "wb") as target:
+            shutil.copyfileobj(source, target)
+        yield local
+
+
 def replace(source: str, target: str) -> None:
+    """Renames a file or folder (in a bucket: copies each object, then deletes it)."""
     if is_remote(source) or is_remote(target):
         _remote(source).rename(target)
     else:

@@ -30,9 +30,9 @@ import fnmatch
 import importlib.metadata
 import json
 import logging
-import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 
 import grain
@@ -42,6 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 
+from twlv_jax import paths
 from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import presets, targets
 
@@ -173,11 +174,18 @@ def _reason(error: BaseException) -> str:
 def check_writable(directory: str) -> None:
     """Raises CheckpointError unless `directory` exists (or can be made) and takes a file.
 
-    Orbax would instead wait minutes for a step folder it cannot create."""
+    Orbax would instead wait minutes for a step folder it cannot create. In a bucket a
+    probe object is written and removed."""
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
-            pass
+        paths.makedirs(directory)
+        if paths.is_remote(directory):
+            probe = paths.join(directory, f".write-check-{uuid.uuid4().hex}")
+            with paths.open(probe, "wb") as f:
+                f.write(b"")
+            paths.remove(probe)
+        else:
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+                pass
     except OSError as error:
         raise CheckpointError(f"cannot write checkpoints to {directory}: "
                               f"{error.strerror or error} ({error.filename})") from None
@@ -206,8 +214,8 @@ def _handlers(with_data: bool):
 
 def resolve_dir(path: str) -> str:
     """A workdir, its checkpoints/ folder, or a checkpoints folder -> the checkpoints folder."""
-    inner = os.path.join(path, "checkpoints")
-    return inner if os.path.isdir(inner) else path
+    inner = paths.join(path, "checkpoints")
+    return inner if paths.isdir(inner) else path
 
 
 class Checkpoints:
@@ -215,7 +223,7 @@ class Checkpoints:
 
     def __init__(self, directory: str, *, keep: int | None = None, read_only: bool = False,
                  with_data: bool = True):
-        self.directory = directory = os.path.abspath(directory)   # Orbax needs absolute paths
+        self.directory = directory = paths.absolute(directory)   # Orbax needs absolute paths
         if not getattr(sys.unraisablehook, "drops_closed_loop_errors", False):
             sys.unraisablehook = _drop_closed_loop_errors(sys.unraisablehook)
         handlers = _handlers(with_data)
@@ -286,21 +294,22 @@ class Checkpoints:
                                     f"({_reason(error)})") from error
 
     def set_aside(self, step: int) -> str:
-        """Renames a step's folder to `<step>.corrupt` (Orbax ignores it); returns the new path."""
-        source = os.path.join(self.directory, str(step))
+        """Renames a step's folder to `<step>.corrupt` (Orbax ignores it; in a bucket its
+        objects are copied, then deleted); returns the new path."""
+        source = paths.join(self.directory, str(step))
         target, n = f"{source}.corrupt", 1
-        while os.path.exists(target):
+        while paths.exists(target):
             n += 1
             target = f"{source}.corrupt{n}"
         if jax.process_index() == 0:
-            os.rename(source, target)
+            paths.replace(source, target)
         self.manager.reload()
         return target
 
     def corrupt(self) -> list[str]:
         """Step folders set aside as corrupt."""
-        return sorted(n for n in os.listdir(self.directory) if ".corrupt" in n) \
-            if os.path.isdir(self.directory) else []
+        return sorted(n for n in paths.listdir(self.directory) if ".corrupt" in n) \
+            if paths.isdir(self.directory) else []
 
     def verify(self, step: int) -> list[str]:
         """Reads every array, the metadata and the data states of `step`; what is damaged."""
@@ -328,7 +337,8 @@ class Checkpoints:
     def _damaged(self, step: int, names: list[str]) -> list[tuple[str, str]]:
         """(array, why) for each saved array that TensorStore cannot read, each read on its
         own from Orbax's layout (a zarr array per dotted name in one OCDBT store)."""
-        base = f"file://{os.path.join(self.directory, str(step), 'state')}/"
+        state = paths.join(self.directory, str(step), "state")
+        base = f"{state}/" if paths.is_remote(state) else f"file://{state}/"
         context, damaged = ts.Context(), []
         for name in names:
             spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base, "path": name + "/"}}
@@ -339,12 +349,12 @@ class Checkpoints:
         return damaged
 
     def _data_states(self, step: int) -> None:
-        folder = os.path.join(self.directory, str(step), "data")
-        files = [f for f in os.listdir(folder) if f.endswith(".json")]
+        folder = paths.join(self.directory, str(step), "data")
+        files = [f for f in paths.listdir(folder) if f.endswith(".json")]
         if not files:
             raise FileNotFoundError(f"no iterator state in {folder}")
         for name in files:
-            with open(os.path.join(folder, name)) as f:
+            with paths.open(paths.join(folder, name)) as f:
                 json.load(f)
 
     def _read_arrays(self, step: int, metadata) -> None:

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from typing import NamedTuple
@@ -37,6 +36,7 @@ import numpy as np
 from absl import flags
 
 from twlv_jax import config as cfglib
+from twlv_jax import paths
 from twlv_jax.data import pipeline
 from twlv_jax.data.quarantine import TooManyBadFiles
 from twlv_jax.objectives import hybrid
@@ -120,14 +120,14 @@ def check_config(config, workdir: str) -> None:
 
 def check_workdir(workdir: str) -> None:
     """The workdir and its checkpoints folder exist (or can be made) and take files."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if paths.exists(workdir) and not paths.isdir(workdir):
         raise WorkdirError(f"workdir {workdir} is a file, not a folder")
     try:
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
     except OSError as error:
         raise WorkdirError(f"cannot create the workdir {workdir}: {error.strerror} "
                            f"({error.filename})") from None
-    for folder in (workdir, os.path.join(workdir, "checkpoints")):
+    for folder in (workdir, paths.join(workdir, "checkpoints")):
         try:
             ckptlib.check_writable(folder)
         except ckptlib.CheckpointError as error:
@@ -137,9 +137,9 @@ def check_workdir(workdir: str) -> None:
 
 def records_path(workdir: str) -> str | None:
     """WORKDIR/metrics.jsonl when it holds records of an earlier run."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path) as f:
+    path = paths.join(workdir, "metrics.jsonl")
+    if paths.isfile(path):
+        with paths.open(path) as f:
             if any(line.strip() for line in f):
                 return path
     return None
@@ -157,7 +157,7 @@ def refuse_fresh_start(workdir: str, why: str, *, start_over: bool) -> None:
             "start fresh over them. Use a new workdir, or pass --start_over to start a new run "
             "here (the old metrics are kept beside it)")
     kept = f"{path}.before-{time.strftime('%Y%m%d-%H%M%S')}"
-    os.rename(path, kept)
+    paths.replace(path, kept)
     log.warning("--start_over: %s; starting fresh, earlier metrics kept as %s", why, kept)
 
 
@@ -167,7 +167,7 @@ def start_data(config, workdir: str) -> Stream:
         c.data, frames=c.model.frames, image_size=c.model.image_size,
         global_batch_size=c.train.batch_size, seed=c.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        quarantine_path=os.path.join(workdir, "quarantine.csv"))
+        quarantine_path=paths.join(workdir, "quarantine.csv"))
     log.info("data: %s", info.description)
     return Stream(iterator, info, iterator.get_state())
 
@@ -382,6 +382,7 @@ def train(run: Run, state: dict, position: Position, teachers: dict, compiled,
             pending.clear()
             if due_ckpt:
                 save(run, state, position)
+                writer.sync()
             if due_probe:
                 run_probe(probe, state, teachers, step, writer)
         return state, position, "done"
@@ -403,7 +404,7 @@ def run(config, workdir: str, *, start_over: bool = False) -> dict:
 
     `start_over` allows a fresh start in a workdir that holds an earlier run's records
     but no intact checkpoint (they are moved aside)."""
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     stop = StopRequest().install()
     try:
         return _run(config, workdir, stop, start_over)
@@ -432,17 +433,16 @@ def performance(run: Run) -> dict:
 def record_config(run: Run, start_step: int, changes: dict) -> None:
     """Writes config.json (the config now) and appends it to config_history.jsonl with
     the `changes` since the checkpoint, so no earlier config is lost."""
-    path = os.path.join(run.workdir, "config.json")
-    history = os.path.join(run.workdir, "config_history.jsonl")
+    path = paths.join(run.workdir, "config.json")
+    history = paths.join(run.workdir, "config_history.jsonl")
     entries = []
-    if os.path.isfile(path) and not os.path.isfile(history):   # a workdir from before history
-        with open(path) as f:
+    if paths.isfile(path) and not paths.isfile(history):   # a workdir from before history
+        with paths.open(path) as f:
             entries.append({"start_step": None, "config": json.load(f)})
     entries.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "start_step": start_step,
                     "changes": {k: list(v) for k, v in changes.items()},
                     "config": run.config.to_dict()})
-    with open(history, "a") as f:
-        f.writelines(json.dumps(e, default=str) + "\n" for e in entries)
+    paths.append(history, "".join(json.dumps(e, default=str) + "\n" for e in entries))
     cfglib.save(run.config, path)
 
 
@@ -454,13 +454,13 @@ def summarize(run: Run, outcome: str, start_step: int, step: int, writer: Metric
     return {"outcome": outcome, "start_step": start_step, "step": step,
             "total_steps": run.setup.total_steps, "last_metrics": writer.last if writer else {},
             "probe": probed[1] if probed else {}, "probe_baseline": baseline,
-            "checkpoint": os.path.join(run.checkpoints.directory, str(step)),
+            "checkpoint": paths.join(run.checkpoints.directory, str(step)),
             "bad_files": quarantine.summary() if quarantine.files else ""}
 
 
 def _run(config, workdir: str, stop: StopRequest, start_over: bool) -> dict:
     check_config(config, workdir)
-    checkpoints = ckptlib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep)
+    checkpoints = ckptlib.Checkpoints(paths.join(workdir, "checkpoints"), keep=config.train.keep)
     try:
         steps = checkpoints.all_steps()
         if not steps:
@@ -534,9 +534,9 @@ def summary_text(summary: dict, workdir: str) -> str:
         before = summary["probe_baseline"].get(key)
         lines.append(f"  {key}: {value:.3f}" + (f" (step 0: {before:.3f})" if before is not None else ""))
     lines += [f"  checkpoint : {summary['checkpoint']}",
-              f"  metrics    : {os.path.join(workdir, 'metrics.jsonl')}",
-              f"  TensorBoard: {os.path.join(workdir, 'tensorboard')}",
-              f"  config     : {os.path.join(workdir, 'config.json')}"]
+              f"  metrics    : {paths.join(workdir, 'metrics.jsonl')}",
+              f"  TensorBoard: {paths.join(workdir, 'tensorboard')}",
+              f"  config     : {paths.join(workdir, 'config.json')}"]
     if summary["bad_files"]:
         lines.append(f"  bad files  : {summary['bad_files']}")
     return "\n".join(lines)

@@ -1,40 +1,60 @@
-"""Training metrics: JSONL, TensorBoard event files and a progress bar (process 0 only)."""
+"""Training metrics: JSONL, TensorBoard event files and a progress bar (process 0 only).
+
+In a bucket, whose objects cannot be appended to, both are written to a local folder
+and copied up whole (`MetricsWriter.sync`) at most every SYNC_SECONDS, at each
+checkpoint and at the end. A crash loses at most the records since the last copy, all
+of them after the last checkpoint: the resume redoes those steps."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from twlv_jax import paths
+
+SYNC_SECONDS = 60.0
+
 
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Drops records after `last_step` (they belong to steps that a resume redoes)."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return
-    with open(path) as f:
+    with paths.open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    with open(path, "w") as f:
+    with paths.open(path, "w") as f:
         f.writelines(lines)
 
 
 class MetricsWriter:
     """Appends one JSON object per logged step to WORKDIR/metrics.jsonl, writes the same
-    scalars as TensorBoard events under WORKDIR/tensorboard, and drives a tqdm bar."""
+    scalars as TensorBoard events under WORKDIR/tensorboard, and drives a tqdm bar. A
+    workdir in a bucket is written through a local folder (`sync`)."""
 
     def __init__(self, workdir: str, *, enabled: bool, start_step: int, total_steps: int):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.workdir = workdir
+        self.path = paths.join(workdir, "metrics.jsonl")
         self.last: dict = {}                # the last training record, for the summary
         self.last_probe: tuple[int, dict] | None = None     # (step, scores) of the last probe
+        self.staging = tempfile.mkdtemp(prefix="twlv-metrics-") \
+            if enabled and paths.is_remote(workdir) else None
+        self.local = os.path.join(self.staging, "metrics.jsonl") if self.staging else self.path
+        self.synced = time.monotonic()
         if enabled:
             truncate_jsonl(self.path, start_step)
-            self.file = open(self.path, "a")  # noqa: SIM115 (open for the whole run)
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if self.staging and paths.exists(self.path):
+                with open(self.local, "wb") as f:
+                    f.write(paths.read_bytes(self.path))
+            self.file = open(self.local, "a")  # noqa: SIM115 (open for the whole run)
+            self.tensorboard = SummaryWriter(os.path.join(self.staging or workdir, "tensorboard"))
         self.bar_options = dict(total=total_steps, initial=start_step, disable=not enabled,
                                 unit="step", dynamic_ncols=True, desc="train")
         self._bar = None
@@ -50,8 +70,8 @@ class MetricsWriter:
         """After a rollback: forget records past `step`."""
         if self.enabled:
             self.file.close()
-            truncate_jsonl(self.path, step)
-            self.file = open(self.path, "a")  # noqa: SIM115
+            truncate_jsonl(self.local, step)
+            self.file = open(self.local, "a")  # noqa: SIM115
             self.bar.reset(total=self.bar.total)
             self.bar.update(step)
 
@@ -68,6 +88,22 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(key, value, step)
         if "loss" in scalars:
             self.bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+        if time.monotonic() - self.synced > SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        """Copies metrics.jsonl and the TensorBoard event files up to a workdir in a
+        bucket, whole (nothing to do for a local workdir)."""
+        if not (self.enabled and self.staging):
+            return
+        self.file.flush()
+        self.tensorboard.flush()
+        paths.upload(self.local, self.path)
+        for root, _, files in os.walk(os.path.join(self.staging, "tensorboard")):
+            for name in files:
+                local = os.path.join(root, name)
+                paths.upload(local, paths.join(self.workdir, os.path.relpath(local, self.staging)))
+        self.synced = time.monotonic()
 
     def write_probe(self, step: int, scores: dict[str, float]) -> None:
         """The online probe's scores at `step`: written, and shown above the progress bar."""
@@ -87,8 +123,11 @@ class MetricsWriter:
         if self._bar is not None:
             self._bar.close()
         if self.enabled:
+            self.sync()
             self.file.close()
             self.tensorboard.close()
+            if self.staging:
+                shutil.rmtree(self.staging, ignore_errors=True)
 
 
 class Throughput:

@@ -6,11 +6,11 @@ a run reads late (teacher weights, the probe set, init_from) are checked here to
 
 from __future__ import annotations
 
-import os
 import textwrap
 
 from safetensors import safe_open
 
+from twlv_jax import paths
 from twlv_jax.config import ConfigError, mesh_shape, parse_duration, to_steps
 from twlv_jax.models import DTYPES
 from twlv_jax.models.layers import IMPLEMENTATIONS, REMAT_POLICIES
@@ -92,10 +92,10 @@ def _check_weights_file(key: str, path: str) -> list[str]:
     """A teacher's weights: an existing, readable safetensors file (header and size)."""
     if not path:
         return []
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         return [f"{key}={path!r}: no such file"]
     try:
-        with safe_open(path, framework="numpy") as f:
+        with paths.local_copy(path) as local, safe_open(local, framework="numpy") as f:
             f.keys()
     except Exception as error:  # safetensors raises its own error types
         return [f"{key}={path!r}: not a readable safetensors file ({error})"]
@@ -105,7 +105,7 @@ def _check_weights_file(key: str, path: str) -> list[str]:
 def _check_probe_path(path: str) -> list[str]:
     if not path:
         return []
-    missing = [n for n in ("train.csv", "val.csv") if not os.path.isfile(os.path.join(path, n))]
+    missing = [n for n in ("train.csv", "val.csv") if not paths.isfile(paths.join(path, n))]
     if missing:
         return [f"train.probe_path={path!r}: expected a folder with train.csv and val.csv (as "
                 f"written by `twlv data synth`); missing {', '.join(missing)}"]
@@ -119,7 +119,7 @@ def check_files(config) -> None:
     for key in hybrid.teacher_blocks(config).values():
         problems += _check_weights_file(f"{key}.weights", hybrid.config_block(config, key).weights)
     problems += _check_probe_path(config.train.probe_path)
-    if config.init_from and not os.path.exists(config.init_from):
+    if config.init_from and not paths.exists(config.init_from):
         problems.append(f"init_from={config.init_from!r}: no such workdir or checkpoints folder")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
