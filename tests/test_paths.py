@@ -328,3 +328,24 @@ def test_a_teacher_weights_file_in_a_bucket_is_checked_through_a_local_copy(buck
     with paths.local_copy(good) as local:
         assert not paths.is_remote(local) and paths.read_bytes(local) == paths.read_bytes(good)
     assert not os.path.exists(local)
+
+
+def test_a_run_loads_its_teacher_from_a_bucket(bucket, tmp_path):
+    import jax
+
+    from twlv_jax import config as cfglib
+    from twlv_jax.models import weights as weightlib
+    from twlv_jax.parallel.mesh import make_mesh
+    from twlv_jax.train import state as statelib
+
+    config = cfglib.build("configs/pretrain.py:variant=tiny,objective=umt", [("seed", "3")])
+    setup = statelib.build(config, make_mesh("1,1,1", jax.devices()[:1]), total_steps=2,
+                           warmup_steps=1)
+    saved = statelib.init_teachers(setup, {})["image_teacher"]      # seed 3's random teacher
+    weightlib.save(saved, str(tmp_path / "teacher.safetensors"))
+    paths.upload(str(tmp_path / "teacher.safetensors"), f"{bucket}/w/teacher.safetensors")
+    config.seed = 0                                  # a fresh init would differ from `saved`
+    setup = statelib.build(config, make_mesh("1,1,1", jax.devices()[:1]), total_steps=2,
+                           warmup_steps=1)
+    loaded = statelib.init_teachers(setup, {"image_teacher": f"{bucket}/w/teacher.safetensors"})
+    jax.tree.map(np.testing.assert_array_equal, loaded["image_teacher"], saved)

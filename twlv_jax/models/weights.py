@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from twlv_jax import paths
+
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
     """{'a': {'b': x}} -> {'a.b': x}."""
@@ -43,11 +45,13 @@ def save(params: dict, path: str, metadata: dict[str, str] | None = None) -> Non
 
 
 def load(path: str, like: dict) -> dict:
-    """Reads `path` into the structure of `like` (arrays or ShapeDtypeStructs), strictly."""
-    if not os.path.isfile(path):
+    """Reads `path` (local or in a bucket) into the structure of `like` (arrays or
+    ShapeDtypeStructs), strictly."""
+    if not paths.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     try:
-        flat = load_file(path)
+        with paths.local_copy(path) as local:       # safetensors reads local files only
+            flat = load_file(local)
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     return match(unflatten(flat), like, path)

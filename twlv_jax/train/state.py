@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from twlv_jax import models
+from twlv_jax import models, paths
 from twlv_jax.config import ConfigError
 from twlv_jax.export import hf_clip
 from twlv_jax.models import weights as weightlib
@@ -134,10 +133,12 @@ def init_teachers(setup: Setup, weight_files: dict[str, str]) -> dict:
 
 def _teacher_values(name: str, path: str, abstract: dict, config) -> dict:
     """A teacher's weights from our own safetensors layout, or from Hugging Face CLIP."""
-    if name == "image_teacher" and os.path.isfile(path) and hf_clip.is_hf_clip(path):
-        size = models.clip_size(config.teacher.variant)
-        return weightlib.match(hf_clip.clip_params(path, depth=size.depth, heads=size.heads),
-                               abstract, path)
+    if name == "image_teacher" and paths.isfile(path):
+        with paths.local_copy(path) as local:       # safetensors reads local files only
+            if hf_clip.is_hf_clip(local):
+                size = models.clip_size(config.teacher.variant)
+                return weightlib.match(hf_clip.clip_params(local, depth=size.depth,
+                                                            heads=size.heads), abstract, path)
     return weightlib.load(path, abstract)
 
 
