@@ -104,12 +104,18 @@ def variant_of(dim: int, depth: int, heads: int, mlp_dim: int) -> str:
                      f"{mlp_dim}; sizes (width/depth/heads/MLP): {known}")
 
 
-def model_fields(hf: dict) -> tuple[str, dict, list[str]]:
-    """(variant, our `model` fields, notes) of a `VideoMAEConfig` dict."""
-    if hf.get("model_type") != "videomae":
-        raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, expected 'videomae'")
+def check_model_type(hf: dict, model_type: str) -> None:
+    """A Hugging Face config of `model_type` with the exact gelu our encoder uses."""
+    if hf.get("model_type") != model_type:
+        raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, "
+                         f"expected {model_type!r}")
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"hidden_act {hf['hidden_act']!r}: our encoder uses exact gelu")
+
+
+def model_fields(hf: dict) -> tuple[str, dict, list[str]]:
+    """(variant, our `model` fields, notes) of a `VideoMAEConfig` dict."""
+    check_model_type(hf, "videomae")
     size = hf.get("image_size", 224)
     patch = hf.get("patch_size", 16)
     if isinstance(size, list | tuple) or isinstance(patch, list | tuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from twlv_jax.export import encoder_tables
 from twlv_jax.export.table import Rule
-from twlv_jax.export.videomae import EPS, variant_of
+from twlv_jax.export.videomae import EPS, check_model_type, variant_of
 
 PREFIX = "vjepa2."   # VJEPA2ForVideoClassification's encoder keys
 IGNORE = ("predictor.*", "pooler.*", "classifier.*")
@@ -29,10 +29,7 @@ def normalize_keys(state: dict) -> dict:
 
 def model_fields(hf: dict) -> tuple[str, dict, list[str]]:
     """(variant, our `model` fields, notes) of a `VJEPA2Config` dict."""
-    if hf.get("model_type") != "vjepa2":
-        raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, expected 'vjepa2'")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act {hf['hidden_act']!r}: our encoder uses exact gelu")
+    check_model_type(hf, "vjepa2")
     patch = hf.get("patch_size", 16)
     if isinstance(patch, list | tuple):
         raise ValueError(f"patch_size {patch}: our encoder's patches are square")
