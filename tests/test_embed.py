@@ -235,7 +235,8 @@ def test_bad_files_are_listed_and_counted(data, encoder, tmp_path):
     assert f"bad files: 2, listed in {out}/mixed_bad_files.csv" in embed.summary_text(summary)
 
 
-def test_a_rerun_where_every_video_left_is_bad_lists_them_and_ends(data, encoder, tmp_path):
+def test_a_rerun_where_every_video_left_is_bad_lists_them_and_ends(data, checkpoint, encoder,
+                                                                   tmp_path, capsys):
     garbled, empty = write_bad_copies(data, str(tmp_path / "bad"))
     rows = [{"path": garbled, "labels": {"label": 2}}, {"path": empty, "labels": {"label": 3}}]
     manifest = read_manifest(write_manifest(str(tmp_path / "bad.csv"), rows))
@@ -246,6 +247,12 @@ def test_a_rerun_where_every_video_left_is_bad_lists_them_and_ends(data, encoder
         assert (summary["written"], summary["status"]) == (0, "done")
         assert summary["bad_files"] == {garbled: "corrupt", empty: "empty"}
     assert split_files(os.path.join(out, "bad")) == []
+    # The verb says so in one line when nothing of the split could be read.
+    code = embed.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "bad.csv"),
+                       "--output", str(tmp_path / "cli"), "--split", "bad"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]       # after the progress bar
+    assert code == 2 and err == (f"twlv embed: no video of bad could be read: 2 of 2 files "
+                                 f"unreadable; list: {tmp_path / 'cli' / 'bad_bad_files.csv'}")
 
 
 def test_duplicate_stems_get_unique_stable_ids(data, tmp_path):

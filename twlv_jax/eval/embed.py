@@ -364,6 +364,9 @@ def _run(args) -> int:
     summary = embed_split(encoder, manifest, args.output, split, options,
                           classes_path=args.classes, limit=args.limit)
     print(summary_text(summary))
+    if summary["bad_files"] and not summary["already"] + summary["written"]:
+        raise EmbedError(f"no video of {split} could be read: {len(summary['bad_files'])} of "
+                         f"{summary['to_embed']} files unreadable; list: {summary['bad_files_csv']}")
     return 0
 
 
