@@ -44,17 +44,19 @@ def save(params: dict, path: str, metadata: dict[str, str] | None = None) -> Non
     save_file(flat, path, metadata=metadata)
 
 
-def load(path: str, like: dict) -> dict:
+def load(path: str, like: dict, *, source: str | None = None) -> dict:
     """Reads `path` (local or in a bucket) into the structure of `like` (arrays or
-    ShapeDtypeStructs), strictly."""
+    ShapeDtypeStructs), strictly. Errors name `source` (default: `path`), e.g. the bucket
+    file that `path` is a local copy of."""
+    source = source or path
     if not paths.isfile(path):
-        raise FileNotFoundError(f"weights file {path!r} does not exist")
+        raise FileNotFoundError(f"weights file {source!r} does not exist")
     try:
         with paths.local_copy(path) as local:       # safetensors reads local files only
             flat = load_file(local)
     except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    return match(unflatten(flat), like, path)
+        raise ValueError(f"{source}: not a readable safetensors file ({e})") from None
+    return match(unflatten(flat), like, source)
 
 
 def match(values: dict, like: dict, source: str) -> dict:

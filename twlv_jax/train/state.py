@@ -9,8 +9,10 @@ with the optimizer, and take no gradients.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +135,14 @@ def init_teachers(setup: Setup, weight_files: dict[str, str]) -> dict:
 
 def _teacher_values(name: str, path: str, abstract: dict, config) -> dict:
     """A teacher's weights from our own safetensors layout, or from Hugging Face CLIP."""
-    if name == "image_teacher" and paths.isfile(path):
-        with paths.local_copy(path) as local:       # safetensors reads local files only
-            if hf_clip.is_hf_clip(local):
-                size = models.clip_size(config.teacher.variant)
-                return weightlib.match(hf_clip.clip_params(local, depth=size.depth,
-                                                            heads=size.heads), abstract, path)
-    return weightlib.load(path, abstract)
+    # One local copy of a file in a bucket serves both readers (safetensors reads local files).
+    copy = paths.local_copy(path) if paths.isfile(path) else contextlib.nullcontext(path)
+    with copy as local:
+        if name == "image_teacher" and os.path.isfile(local) and hf_clip.is_hf_clip(local):
+            size = models.clip_size(config.teacher.variant)
+            return weightlib.match(hf_clip.clip_params(local, depth=size.depth, heads=size.heads),
+                                   abstract, path)
+        return weightlib.load(local, abstract, source=path)
 
 
 def unsharded_check(setup: Setup, limit: float) -> float:
