@@ -34,11 +34,16 @@ def pixel_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool)
     return x.reshape(b, x.shape[1], -1)
 
 
+def decoded_count(masked: int, ratio: float) -> int:
+    """How many of `masked` tokens the decoder reconstructs: all but a `ratio` share."""
+    return masked - int(ratio * masked)
+
+
 def decoder_targets(rng, masked: jax.Array, ratio: float) -> jax.Array:
     """A random (1 - ratio) share of each sample's masked tokens: (B, M) -> (B, M')."""
     if ratio <= 0:
         return masked
-    count = masked.shape[1] - int(ratio * masked.shape[1])
+    count = decoded_count(masked.shape[1], ratio)
     order = jnp.argsort(jax.random.uniform(rng, masked.shape), axis=1)[:, :count]
     return jnp.sort(jnp.take_along_axis(masked, order, axis=1), axis=1)
 
@@ -70,11 +75,6 @@ def decoder_width(config) -> int:
     return config.objective.pixel.decoder_width or DECODER_WIDTH[config.model.variant]
 
 
-def decoded_tokens(config, masked: int) -> int:
-    """How many of `masked` tokens the decoder reconstructs (all but the decoder-masked share)."""
-    return masked - int(config.objective.pixel.decoder_mask_ratio * masked)
-
-
 class Pixel(Target):
     name = "pixel"
     loss = staticmethod(mse)
@@ -94,7 +94,8 @@ class Pixel(Target):
 
     def flops(self, config, tokens: Tokens):
         width, dim = decoder_width(config), models.SIZES[config.model.variant].dim
-        decoded = decoded_tokens(config, tokens.total - tokens.visible)
+        decoded = decoded_count(tokens.total - tokens.visible,
+                                config.objective.pixel.decoder_mask_ratio)
         return (flops.linear(tokens.visible, dim, width)
                 + flops.transformer(tokens.visible + decoded, width,
                                     config.objective.pixel.decoder_depth, 4 * width)
