@@ -4,5 +4,5 @@
                 memory and peak FLOP/s per chip
     compile.py  state and shardings for those devices, the compiled step's memory per
                 device by kind, analytic FLOPs, step time at a stated MFU
-    cli.py      `twlv plan`, with remat and batch suggestions that are compiled to fit
+    cli.py      `twlv plan`, with remat and microbatch suggestions that are compiled to fit
 """

@@ -7,8 +7,9 @@ Compiles the real train step ahead of time for the target's devices (TPU topolog
 need libtpu: `make plan-tpu`) without running it, and prints per device: parameter,
 optimizer, EMA, teacher and batch bytes, temporaries and the total against the chip's
 memory, then the analytic FLOPs per step and the step time and clips/s they imply at
---mfu of the chip's peak. When the step does not fit, it compiles full remat and smaller
-per-chip batches and prints the first that fits.
+--mfu of the chip's peak. When the step does not fit, it compiles full remat and more
+`train.microbatches` (smaller per-chip microbatches, the same global batch) and prints the
+first that fits.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def parse(argv: list[str]):
     parser.add_argument("--memory", type=float,
                         help="GiB per device to plan against instead of the chip's")
     parser.add_argument("--no_suggest", action="store_true",
-                        help="do not compile remat and batch variants when it does not fit")
+                        help="do not compile remat and microbatch variants when it does not fit")
     return parser.parse_args(rest), overrides
 
 
