@@ -104,6 +104,15 @@ def variant_of(dim: int, depth: int, heads: int, mlp_dim: int) -> str:
                      f"{mlp_dim}; sizes (width/depth/heads/MLP): {known}")
 
 
+def eps_notes(eps: float, why: str = "") -> list[str]:
+    """The report's note when the source's LayerNorm epsilon is not ours (`why`: where ours
+    comes from)."""
+    if eps == EPS:
+        return []
+    return [f"the source's layer_norm_eps is {eps:g}; our encoder uses {EPS:g}{why}, so "
+            "LayerNorm outputs differ very slightly"]
+
+
 def check_model_type(hf: dict, model_type: str) -> None:
     """A Hugging Face config of `model_type` with the exact gelu our encoder uses."""
     if hf.get("model_type") != model_type:
@@ -126,9 +135,4 @@ def model_fields(hf: dict) -> tuple[str, dict, list[str]]:
     fields = dict(frames=hf.get("num_frames", 16), image_size=size, patch=patch,
                   tubelet=hf.get("tubelet_size", 2), qkv_bias="qv" if qv else "none",
                   pos_embed="sincos1d", layerscale=0.0)
-    notes = []
-    eps = hf.get("layer_norm_eps", 1e-12)
-    if eps != EPS:
-        notes.append(f"the source's layer_norm_eps is {eps:g}; our encoder uses {EPS:g} (the "
-                     "original VideoMAE's value), so LayerNorm outputs differ very slightly")
-    return variant, fields, notes
+    return variant, fields, eps_notes(hf.get("layer_norm_eps", 1e-12), " (the original VideoMAE's value)")

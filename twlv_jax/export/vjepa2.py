@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from twlv_jax.export import encoder_tables
 from twlv_jax.export.table import Rule
-from twlv_jax.export.videomae import EPS, check_model_type, variant_of
+from twlv_jax.export.videomae import check_model_type, eps_notes, variant_of
 
 PREFIX = "vjepa2."   # VJEPA2ForVideoClassification's encoder keys
 IGNORE = ("predictor.*", "pooler.*", "classifier.*")
@@ -40,9 +40,4 @@ def model_fields(hf: dict) -> tuple[str, dict, list[str]]:
                   patch=patch, tubelet=hf.get("tubelet_size", 2),
                   qkv_bias="all" if hf.get("qkv_bias", True) else "none", pos_embed="rope3d",
                   layerscale=0.0)
-    notes = []
-    eps = hf.get("layer_norm_eps", 1e-6)
-    if eps != EPS:
-        notes.append(f"the source's layer_norm_eps is {eps:g}; our encoder uses {EPS:g}, so "
-                     "LayerNorm outputs differ very slightly")
-    return variant, fields, notes
+    return variant, fields, eps_notes(hf.get("layer_norm_eps", 1e-6))
