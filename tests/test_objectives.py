@@ -9,6 +9,7 @@ from twlv_jax import config as cfglib
 from twlv_jax.models import weights as weightlib
 from twlv_jax.objectives import losses, presets
 from twlv_jax.objectives.image_teacher import frames_to_tokens
+from twlv_jax.objectives.targets.flow import patch_velocity
 from twlv_jax.objectives.targets.latent import ema_momentum
 from twlv_jax.objectives.targets.pixel import decoder_targets, pixel_targets
 from twlv_jax.train import optim, validate
@@ -205,3 +206,34 @@ def test_weights_file_round_trip_and_strict_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         weightlib.load(str(tmp_path / "junk.safetensors"), params)
+
+
+def translating_pattern(velocity: tuple[float, float], frames: int = 4, size: int = 32):
+    """A smooth pattern moving `velocity` (x right, y down) pixels per frame, with a flat
+    grey left half: float (1, frames, size, size, 3) in [0, 1]."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    clip = []
+    for t in range(frames):
+        u, v = x - velocity[0] * t, y - velocity[1] * t
+        pattern = 0.5 + 0.2 * np.sin(2 * np.pi * u / 16) * np.cos(2 * np.pi * v / 16)
+        clip.append(np.where(x < size // 2, 0.5, pattern))
+    return np.repeat(np.stack(clip)[None, ..., None], 3, axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("velocity", [(0.5, 0.0), (0.0, -0.5), (-0.3, 0.4)])
+def test_flow_target_is_each_patchs_velocity(velocity):
+    # tubelet 4 (3 frame pairs per token), 8 x 8 patches over a 4 x 4 grid: the moving half's
+    # tokens read the velocity, the flat half's read zero.
+    clip = translating_pattern(velocity)
+    v = np.asarray(patch_velocity(jnp.asarray(clip), 4, 8))                   # (1, 16, 6)
+    assert v.shape == (1, 16, 6)
+    v = v.reshape(4, 4, 3, 2)                                                 # (H', W', pairs, xy)
+    np.testing.assert_allclose(v[:, 2:], np.broadcast_to(velocity, (4, 2, 3, 2)), atol=0.06)
+    np.testing.assert_allclose(v[:, :2], 0.0, atol=1e-6)
+
+
+def test_flow_target_needs_two_frames_per_tubelet():
+    config = cfglib.build("configs/pretrain.py:variant=tiny",
+                          [("objective.flow.weight", "1"), ("model.tubelet", "1")])
+    assert ("objective.flow needs model.tubelet >= 2 (a velocity between a tubelet's frames), "
+            "got 1") in presets.check(config)

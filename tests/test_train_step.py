@@ -93,7 +93,7 @@ def test_microbatches_must_divide_the_per_device_batch():
         validate(tiny("videomae", "train.batch_size=16", "train.microbatches=3"), num_devices=8)
 
 
-@pytest.mark.parametrize("target", ["pixel", "latent", "distill", "video_teacher"])
+@pytest.mark.parametrize("target", ["pixel", "latent", "distill", "video_teacher", "flow"])
 def test_analytic_flops_are_the_matmuls_xla_counts(target, monkeypatch):
     # flops.step_flops against XLA's cost analysis of the compiled step, each target alone.
     # Layers unrolled (cost analysis counts a scanned body once) and plain einsums. XLA also

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict, config_dict
 
-from twlv_jax.objectives.targets import distill, latent, pixel, video_teacher
+from twlv_jax.objectives.targets import distill, flow, latent, pixel, video_teacher
 from twlv_jax.objectives.targets.base import Batch, Target, Tokens
 
 __all__ = ["REGISTRY", "Batch", "Target", "Tokens", "add_config_blocks", "enabled", "register"]
@@ -43,3 +43,4 @@ register(distill.TARGET)
 register(pixel.TARGET)
 register(latent.TARGET)
 register(video_teacher.TARGET)
+register(flow.TARGET)
