@@ -75,8 +75,9 @@ from twlv_jax.config import load_module
 SYNTH = dict(train=24, val=16, frames=16, size=64, distractors=0, texture=0.0, noise=1.0,
              radius=0.2, travel=0.55, grey=True)
 TEACHER = dict(variant="tiny", steps=3, batch_size=8, lr=1e-3, temperature=0.1, seed=1)
-RUNS = {"twlv": [], "pixel only": [("objective.distill.weight", "0"),
-                                   ("objective.latent.weight", "0")]}
+RUNS = {"twlv + flow": [], "pixel only": [("objective.distill.weight", "0"),
+                                          ("objective.latent.weight", "0"),
+                                          ("objective.flow.weight", "0")]}
 PROBE_BATCH = 8
 
 def get_config(arg=None):
@@ -104,15 +105,16 @@ def test_demo_end_to_end_on_a_tiny_recipe(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout
     for row in ("image teacher, frame average", "image teacher at random init",
-                "student at random init", "student: twlv", "student: pixel only"):
+                "student at random init", "student: twlv + flow", "student: pixel only"):
         assert f"| {row} |" in printed
-    assert "| twlv | pixel |" in printed and "| pixel only | pixel |" in printed
+    assert "| twlv + flow | flow |" in printed and "| pixel only | pixel |" in printed
+    assert "| pixel only | flow |" not in printed
     result = json.loads((workdir / "results.json").read_text())
     for scores in result["rows"].values():
         assert set(scores) == {"linear_appearance", "knn_appearance", "linear_motion",
                                "knn_motion"}
         assert all(0 <= v <= 1 for v in scores.values())
-    assert set(result["held_out"]["twlv"]) == {"distill", "pixel", "latent"}
+    assert set(result["held_out"]["twlv + flow"]) == {"distill", "pixel", "latent", "flow"}
     assert (workdir / "results.md").read_text().startswith("# twlv demo")
     assert len(list((workdir / "embeddings" / "val").glob("*.json"))) == 16
     assert (workdir / "teacher" / "teacher.safetensors").is_file()

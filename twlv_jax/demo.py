@@ -5,8 +5,9 @@ r"""`twlv demo`: pretraining that learns, shown end to end on the built-in synth
 1. writes the synthetic set (labelled MP4s; reused when written with the same options);
 2. trains the image teacher on the train videos' frames without labels (InfoNCE,
    `twlv_jax.train.teacher`) and saves its weights;
-3. pretrains the student with the TWLV objective (distill + pixel + latent, distilling
-   that teacher) and with each single target at the same budget;
+3. pretrains the student with the recipe's objective (TWLV's distill + pixel + latent,
+   distilling that teacher, plus the `flow` motion target) and with each single target
+   at the same budget;
 4. embeds the labelled train and val videos with each student, the same encoder at
    random init, and the teacher's frame-averaged features (trained and random);
 5. scores each with the linear probe and k-NN on the val split, for the appearance and
