@@ -43,6 +43,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/data.py
 	$(BIN)/python benchmarks/embed.py
+	$(BIN)/python benchmarks/motion_features.py
 
 clean:
 	rm -rf runs

@@ -1,0 +1,107 @@
+"""How much of the demo set's motion label hand-made clip features carry, pooled as the
+demo's probes see an embedding.
+
+    .venv/bin/python benchmarks/motion_features.py [--data runs/demo_data] [--config configs/demo.py]
+
+Each feature is computed from the same uint8 clips the demo probes (the recipe's frames and
+resolution, uniform sampling) and scored exactly as the demo scores an encoder: the linear
+probe and k-NN on the val split, for the appearance and the motion label. The features:
+
+- *pooled frame difference*: each 2-frame tubelet's last-minus-first frame, averaged over
+  all tubelets (what the README's `frame_difference` target asks each token to carry);
+- *pooled flow target*: the `flow` target (each token's patch velocity, Lucas-Kanade),
+  averaged over all tokens (2 numbers);
+- *mean position*: the shape's centroid (pixels far from the frame's median), averaged
+  over the frames (2 numbers): where, not where to;
+- *trajectory*: the centroid in every frame (2 x frames numbers).
+
+Writes benchmarks/results/motion_features.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "motion_features.md")
+
+
+def pooled_frame_difference(clips: np.ndarray, patch: int) -> np.ndarray:
+    """(N, T, S, S, 3) -> (N, patch*patch*3): tubelet frame differences averaged over tubelets."""
+    x = clips.astype(np.float32) / 255.0
+    n, t, s, _, c = x.shape
+    x = x.reshape(n, t // 2, 2, s // patch, patch, s // patch, patch, c)   # (N, T', 2, H', p, W', p, 3)
+    difference = x[:, :, 1] - x[:, :, 0]                                   # (N, T', H', p, W', p, 3)
+    return difference.mean(axis=(1, 2, 4)).reshape(n, -1)
+
+
+def pooled_flow(clips: np.ndarray, patch: int) -> np.ndarray:
+    """(N, 2): the `flow` target of every token (tubelets of 2 frames), averaged over tokens."""
+    from twlv_jax.objectives.targets.flow import patch_velocity
+    return np.asarray(patch_velocity(clips.astype(np.float32) / 255.0, 2, patch)).mean(axis=1)
+
+
+def centroids(clips: np.ndarray) -> np.ndarray:
+    """(N, T, 2): per frame, the centroid of the pixels' distance from the frame's median."""
+    x = clips.astype(np.float32)
+    weight = np.abs(x - np.median(x, axis=(2, 3), keepdims=True)).sum(-1)   # (N, T, S, S)
+    ys, xs = np.mgrid[0:x.shape[2], 0:x.shape[3]]
+    total = weight.sum(axis=(2, 3)) + 1e-6
+    return np.stack([(weight * xs).sum((2, 3)) / total, (weight * ys).sum((2, 3)) / total], -1)
+
+
+FEATURES = {
+    "pooled frame difference": pooled_frame_difference,
+    "pooled flow target": pooled_flow,
+    "mean position": lambda c, p: centroids(c).mean(axis=1),
+    "trajectory": lambda c, p: centroids(c).reshape(len(c), -1),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.path.join(ROOT, "runs", "demo_data"))
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.py"))
+    args = parser.parse_args()
+    flags.FLAGS.mark_as_parsed()
+    sys.path.insert(0, ROOT)
+    import jax
+
+    from twlv_jax import config as cfglib
+    from twlv_jax import demo
+    from twlv_jax.data.synthetic import SynthOptions
+
+    recipe = cfglib.load_module(args.config)
+    demo.write_data(args.data, SynthOptions(**recipe.SYNTH))
+    m = cfglib.build(args.config, [("data.path", os.path.join(args.data, "train.csv"))]).model
+    clips, labels = {}, {}
+    for split in ("train", "val"):
+        clips[split], labels[split] = demo.labelled_clips(
+            os.path.join(args.data, f"{split}.csv"), m.frames, m.image_size)
+    rows = {}
+    for name, feature in FEATURES.items():
+        values = {split: feature(clips[split], m.patch) for split in clips}
+        rows[f"{name} ({values['train'].shape[1]})"] = demo.score(
+            values["train"], values["val"], labels, probe_batch=recipe.PROBE_BATCH)
+        print(name, rows[f"{name} ({values['train'].shape[1]})"], flush=True)
+    text = (f"# Hand-made features on the demo's set\n\n`benchmarks/motion_features.py` on "
+            f"JAX {jax.__version__}: "
+            f"{len(clips['train'])} train and {len(clips['val'])} val videos of "
+            f"`{os.path.relpath(args.config, ROOT)}`, {m.frames} frames at {m.image_size} px; "
+            f"val top-1, scored as `twlv demo` scores an encoder (feature dimensions in "
+            f"brackets).\n\n{demo.table(rows, demo.chance(labels['val']))}\n")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
