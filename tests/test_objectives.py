@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -237,3 +238,10 @@ def test_flow_target_needs_two_frames_per_tubelet():
                           [("objective.flow.weight", "1"), ("model.tubelet", "1")])
     assert ("objective.flow needs model.tubelet >= 2 (a velocity between a tubelet's frames), "
             "got 1") in presets.check(config)
+
+
+def test_a_config_saved_before_a_target_existed_resolves_without_it():
+    saved = cfglib.build(PRETRAIN + ":variant=tiny").to_dict()
+    del saved["objective"]["flow"]                      # written before flow was registered
+    objective = presets.resolve(ml_collections.ConfigDict(saved["objective"]))
+    assert list(objective.weights) == ["distill", "pixel", "latent"]

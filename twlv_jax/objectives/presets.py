@@ -40,7 +40,8 @@ def resolve(objective) -> Objective:
     ratio = objective.mask.ratio if objective.mask.ratio is not None else preset["mask"][1]
     weights = {}
     for name in targets.REGISTRY:
-        weight = objective[name].weight
+        # A config saved before a target was registered has no block for it: unset.
+        weight = objective[name].weight if name in objective else None
         weight = preset.get(name, 0.0) if weight is None else weight
         if weight < 0:
             raise ValueError(f"objective.{name}.weight must be >= 0, got {weight}")
