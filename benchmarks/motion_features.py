@@ -7,10 +7,10 @@ Each feature is computed from the same uint8 clips the demo probes (the recipe's
 resolution, uniform sampling) and scored exactly as the demo scores an encoder: the linear
 probe and k-NN on the val split, for the appearance and the motion label. The features:
 
-- *pooled frame difference*: each 2-frame tubelet's last-minus-first frame, averaged over
-  all tubelets (what the README's `frame_difference` target asks each token to carry);
+- *pooled frame difference*: each tubelet's last-minus-first frame, averaged over all
+  tubelets (what the README's `frame_difference` target asks each token to carry);
 - *pooled flow target*: the `flow` target (each token's patch velocity, Lucas-Kanade),
-  averaged over all tokens (2 numbers);
+  averaged over all tokens (2 numbers per frame pair of a tubelet);
 - *mean position*: the shape's centroid (pixels far from the frame's median), averaged
   over the frames (2 numbers): where, not where to;
 - *trajectory*: the centroid in every frame (2 x frames numbers).
@@ -31,19 +31,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "motion_features.md")
 
 
-def pooled_frame_difference(clips: np.ndarray, patch: int) -> np.ndarray:
+def pooled_frame_difference(clips: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
     """(N, T, S, S, 3) -> (N, patch*patch*3): tubelet frame differences averaged over tubelets."""
     x = clips.astype(np.float32) / 255.0
     n, t, s, _, c = x.shape
-    x = x.reshape(n, t // 2, 2, s // patch, patch, s // patch, patch, c)   # (N, T', 2, H', p, W', p, 3)
-    difference = x[:, :, 1] - x[:, :, 0]                                   # (N, T', H', p, W', p, 3)
+    # (N, T, S, S, 3) -> (N, T', t, H', p, W', p, 3)
+    x = x.reshape(n, t // tubelet, tubelet, s // patch, patch, s // patch, patch, c)
+    difference = x[:, :, -1] - x[:, :, 0]                                   # (N, T', H', p, W', p, 3)
     return difference.mean(axis=(1, 2, 4)).reshape(n, -1)
 
 
-def pooled_flow(clips: np.ndarray, patch: int) -> np.ndarray:
-    """(N, 2): the `flow` target of every token (tubelets of 2 frames), averaged over tokens."""
+def pooled_flow(clips: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
+    """(N, 2 * (tubelet - 1)): the `flow` target of every token, averaged over tokens."""
     from twlv_jax.objectives.targets.flow import patch_velocity
-    return np.asarray(patch_velocity(clips.astype(np.float32) / 255.0, 2, patch)).mean(axis=1)
+    return np.asarray(patch_velocity(clips.astype(np.float32) / 255.0, tubelet, patch)).mean(axis=1)
 
 
 def centroids(clips: np.ndarray) -> np.ndarray:
@@ -58,8 +59,8 @@ def centroids(clips: np.ndarray) -> np.ndarray:
 FEATURES = {
     "pooled frame difference": pooled_frame_difference,
     "pooled flow target": pooled_flow,
-    "mean position": lambda c, p: centroids(c).mean(axis=1),
-    "trajectory": lambda c, p: centroids(c).reshape(len(c), -1),
+    "mean position": lambda c, t, p: centroids(c).mean(axis=1),
+    "trajectory": lambda c, t, p: centroids(c).reshape(len(c), -1),
 }
 
 
@@ -86,7 +87,7 @@ def main() -> int:
             os.path.join(args.data, f"{split}.csv"), m.frames, m.image_size)
     rows = {}
     for name, feature in FEATURES.items():
-        values = {split: feature(clips[split], m.patch) for split in clips}
+        values = {split: feature(clips[split], m.tubelet, m.patch) for split in clips}
         rows[f"{name} ({values['train'].shape[1]})"] = demo.score(
             values["train"], values["val"], labels, probe_batch=recipe.PROBE_BATCH)
         print(name, rows[f"{name} ({values['train'].shape[1]})"], flush=True)
