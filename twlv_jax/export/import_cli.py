@@ -30,6 +30,7 @@ import json
 import os
 import sys
 
+from twlv_jax import models
 from twlv_jax.eval.outputs import fail
 from twlv_jax.export import files, hf_clip, original, parity, student, videomae, vjepa2
 from twlv_jax.export.table import Report, import_params, prefixed
@@ -57,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positions(fmt: str, fields: dict) -> str:
-    grid = (fields["frames"] // fields["tubelet"], *(2 * [fields["image_size"] // fields["patch"]]))
+def _positions(fmt: str, model_cfg) -> str:
+    grid = models.token_grid(model_cfg)
     if fmt == "vjepa2":
         return ("V-JEPA 2's 3-D rotary positions (pos_embed=rope3d), computed from each "
                 f"input's grid ({grid} at the config's size), not stored")
@@ -76,24 +77,30 @@ def _decoder(args, hf_config: dict, state: dict) -> tuple[dict | None, list[str]
     fields, why = videomae.decoder_fields(hf_config)
     if fields is None:
         return None, [why]
-    flags = " ".join(f"--config.objective.pixel.{k}={v}" for k, v in fields.items())
-    return fields, [why, f"twlv train --config.init_from={args.output} loads student and decoder "
-                         f"strictly with --config.objective.preset=videomae {flags} and this "
-                         "model block"]
+    return fields, [why, _init_note(args.output, "videomae",
+                                    {f"pixel.{k}": v for k, v in fields.items()}, "decoder")]
+
+
+def _init_note(output: str, preset: str, objective_fields: dict, heads: str) -> str:
+    """How `twlv train` starts from an imported checkpoint with its heads."""
+    flags = " ".join(f"--config.objective.{k}={v}" for k, v in objective_fields.items())
+    return (f"twlv train --config.init_from={output} loads student and {heads} strictly with "
+            f"--config.objective.preset={preset} {flags} and this model block")
 
 
 def _convert(config, state: dict, encoder_rules, heads: dict, *, source: str, allow,
              ignore) -> tuple[dict, dict, Report]:
     """(student params, head params under the model's names, report): `state` through
     `encoder_rules(names)` into the student and `heads` {our prefix: rules(names)}."""
-    encoder = student.fresh(config)
-    like = {f"student.{k}": v for k, v in encoder.items()}
-    rules = prefixed(encoder_rules(set(encoder)), "student.")
-    fresh = student.fresh_heads(config) if heads else {}
+    # The student alone, or the whole model when heads come too (one build either way).
+    fresh = (student.fresh_model(config) if heads
+             else {f"student.{k}": v for k, v in student.fresh(config).items()})
+    like = {k: v for k, v in fresh.items() if k.startswith(("student.", *heads))}
+    rules = prefixed(encoder_rules({k.removeprefix("student.") for k in like
+                                    if k.startswith("student.")}), "student.")
     for prefix, make in heads.items():
-        part = {k.removeprefix(prefix): v for k, v in fresh.items() if k.startswith(prefix)}
-        like.update({prefix + k: v for k, v in part.items()})
-        rules += prefixed(make(set(part)), prefix)
+        rules += prefixed(make({k.removeprefix(prefix) for k in like if k.startswith(prefix)}),
+                          prefix)
     loaded, report = import_params(state, rules, like, source=source, allow=allow, ignore=ignore)
     if report.ignored:
         report.ignored = [f"{len(report.ignored)} keys of pretraining/classification heads "
@@ -116,7 +123,7 @@ def _encoder(args) -> tuple[dict, str]:
     params, heads, report = _convert(
         config, state, lambda names: fmt.rules(config.model, names), heads,
         source=files.weights_file(args.input), allow=args.allow, ignore=ignore)
-    report.notes += [f"variant {variant}; positions: {_positions(args.format, fields)}", *notes,
+    report.notes += [f"variant {variant}; positions: {_positions(args.format, config.model)}", *notes,
                      *decoder_notes]
     result = report.to_dict()
     _write(args, config, params, heads)
@@ -142,10 +149,7 @@ def _original(args) -> tuple[dict, str]:
     report.notes += [f"variant {src.variant}; {args.format}: checked by key names and shapes, no "
                      "reference model was run", *src.notes]
     if src.heads:
-        flags = " ".join(f"--config.objective.{k}={v}" for k, v in src.objective_fields.items())
-        report.notes.append(f"twlv train --config.init_from={args.output} loads student and "
-                            f"heads strictly with --config.objective.preset={src.objective} "
-                            f"{flags} and this model block")
+        report.notes.append(_init_note(args.output, src.objective, src.objective_fields, "heads"))
     _write(args, config, params, heads)
     return report.to_dict(), "\n".join(report.lines())
 

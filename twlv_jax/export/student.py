@@ -65,10 +65,10 @@ def fresh(config, seed: int = 0) -> dict[str, np.ndarray]:
     return _flat(build_student(float32_config(config).model, nnx.Rngs(seed)))
 
 
-def fresh_heads(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """Freshly initialised flat parameters of the config's target heads (`pixel.decoder.*`, ...)."""
-    model = Pretrainer(float32_config(config), resolve(config.objective), rngs=nnx.Rngs(seed))
-    return {k: v for k, v in _flat(model).items() if not k.startswith("student.")}
+def fresh_model(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Freshly initialised flat parameters of the student (`student.*`, as `fresh`) and the
+    config's target heads (`pixel.decoder.*`, ...)."""
+    return _flat(Pretrainer(float32_config(config), resolve(config.objective), rngs=nnx.Rngs(seed)))
 
 
 def make_config(variant: str, model: dict, objective: str = "twlv",
