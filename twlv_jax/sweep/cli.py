@@ -129,20 +129,23 @@ def run_local(runs: list[Run], root: str, title: str, *, train: bool = True) -> 
             state, _ = execute.state_of(folder, run.config)
             if runner.stopped:
                 break
-            if state == "done" and train:
-                print(f"{tag}: done already" + ("" if needs_evaluation(root, run) else ", skipped"))
-            elif train:
+            trains = train and state != "done"
+            if trains:
                 how = "resuming" if state != "not started" else "starting"
                 print(f"{tag}: {how} (log: {os.path.join(folder, 'train.log')})", flush=True)
                 state, detail = runner.run(run)
                 print(f"{tag}: {state}" + (f" ({detail})" if detail else ""), flush=True)
-            if state == "done" and needs_evaluation(root, run) and not runner.stopped:
+            pending = state == "done" and needs_evaluation(root, run)
+            if train and not trains:
+                print(f"{tag}: done already" + ("" if pending else ", skipped"))
+            if pending and not runner.stopped:
                 print(f"{tag}: evaluating (log: {os.path.join(folder, 'eval.log')})", flush=True)
                 why = runner.evaluate(run)
                 found = evaluate.scores(folder, run.evaluation)
                 print(f"{tag}: {why}" if why else f"{tag}: evaluated: " + ", ".join(
                     f"{k[len('eval/'):]} {v:.3f}" for k, v in found.items()), flush=True)
-            results.collect(root, runs, title)
+            if trains or pending:                   # the tables so far; `main` collects at the end
+                results.collect(root, runs, title)
         return runner.stopped
 
 
