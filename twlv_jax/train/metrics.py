@@ -24,12 +24,13 @@ SYNC_SECONDS = 60.0
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
-    """Drops records after `last_step` (they belong to steps that a resume redoes)."""
-    if not paths.exists(path):
+    """Drops records after `last_step` (they belong to steps that a resume redoes) from a
+    local file."""
+    if not os.path.exists(path):
         return
-    with paths.open(path) as f:
+    with open(path) as f:
         lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    with paths.open(path, "w") as f:
+    with open(path, "w") as f:
         f.writelines(lines)
 
 
@@ -49,10 +50,12 @@ class MetricsWriter:
         self.local = os.path.join(self.staging, "metrics.jsonl") if self.staging else self.path
         self.synced = time.monotonic()
         if enabled:
-            truncate_jsonl(self.path, start_step)
-            if self.staging and paths.exists(self.path):
+            if self.staging and paths.exists(self.path):      # one download, truncated here
                 with open(self.local, "wb") as f:
                     f.write(paths.read_bytes(self.path))
+            truncate_jsonl(self.local, start_step)
+            if self.staging and os.path.exists(self.local):   # the bucket's copy too
+                paths.upload(self.local, self.path)
             self.file = open(self.local, "a")  # noqa: SIM115 (open for the whole run)
             self.tensorboard = SummaryWriter(os.path.join(self.staging or workdir, "tensorboard"))
         self.bar_options = dict(total=total_steps, initial=start_step, disable=not enabled,
@@ -99,10 +102,8 @@ class MetricsWriter:
         self.file.flush()
         self.tensorboard.flush()
         paths.upload(self.local, self.path)
-        for root, _, files in os.walk(os.path.join(self.staging, "tensorboard")):
-            for name in files:
-                local = os.path.join(root, name)
-                paths.upload(local, paths.join(self.workdir, os.path.relpath(local, self.staging)))
+        for local in paths.walk_files(os.path.join(self.staging, "tensorboard")):
+            paths.upload(local, paths.join(self.workdir, os.path.relpath(local, self.staging)))
         self.synced = time.monotonic()
 
     def write_probe(self, step: int, scores: dict[str, float]) -> None:
