@@ -135,11 +135,11 @@ def append(path: str, text: str) -> None:
     """Adds `text` at the end of a file, made when missing: locally in append mode; in a
     bucket, whose objects cannot be appended to, the object is read and written whole."""
     if not is_remote(path):
-        with builtins.open(path, "a") as f:
+        with builtins.open(path, "a", newline="", encoding="utf-8") as f:
             f.write(text)
         return
-    before = read_bytes(path).decode() if exists(path) else ""
-    with open(path, "w") as f:
+    before = read_bytes(path).decode("utf-8") if exists(path) else ""
+    with open(path, "w", encoding="utf-8") as f:
         f.write(before + text)
 
 

@@ -62,16 +62,11 @@ class Quarantine:
             self._listed.add(name)
 
     def _write_rows(self, rows) -> None:
-        if pathlib.is_remote(self.path):     # an object in a bucket is rewritten whole
-            text = io.StringIO()
-            csv.writer(text).writerows(rows)
-            before = pathlib.read_bytes(self.path).decode() if pathlib.isfile(self.path) else ""
-            with pathlib.open(self.path, "w", encoding="utf-8") as f:
-                f.write(before + text.getvalue())
-            return
-        pathlib.makedirs(pathlib.dirname(pathlib.absolute(self.path)))
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows(rows)
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        if not pathlib.is_remote(self.path):
+            pathlib.makedirs(pathlib.dirname(pathlib.absolute(self.path)))
+        pathlib.append(self.path, text.getvalue())
 
     def summary(self, stopped: bool = False) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "none"
