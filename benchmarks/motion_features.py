@@ -33,12 +33,10 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "motion_features.md")
 
 def pooled_frame_difference(clips: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
     """(N, T, S, S, 3) -> (N, patch*patch*3): tubelet frame differences averaged over tubelets."""
-    x = clips.astype(np.float32) / 255.0
-    n, t, s, _, c = x.shape
-    # (N, T, S, S, 3) -> (N, T', t, H', p, W', p, 3)
-    x = x.reshape(n, t // tubelet, tubelet, s // patch, patch, s // patch, patch, c)
-    difference = x[:, :, -1] - x[:, :, 0]                                   # (N, T', H', p, W', p, 3)
-    return difference.mean(axis=(1, 2, 4)).reshape(n, -1)
+    from twlv_jax.models.vit import patchify
+    pixels = patchify(clips.astype(np.float32) / 255.0, tubelet, patch)   # (N, T', H', W', t*p*p*3)
+    frames = pixels.reshape(len(clips), -1, tubelet, patch * patch * 3)    # (N, N', t, p*p*3)
+    return (frames[:, :, -1] - frames[:, :, 0]).mean(axis=1)
 
 
 def pooled_flow(clips: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
@@ -74,17 +72,10 @@ def main() -> int:
     sys.path.insert(0, ROOT)
     import jax
 
-    from twlv_jax import config as cfglib
     from twlv_jax import demo
-    from twlv_jax.data.synthetic import SynthOptions
 
-    recipe = cfglib.load_module(args.config)
-    demo.write_data(args.data, SynthOptions(**recipe.SYNTH))
-    m = cfglib.build(args.config, [("data.path", os.path.join(args.data, "train.csv"))]).model
-    clips, labels = {}, {}
-    for split in ("train", "val"):
-        clips[split], labels[split] = demo.labelled_clips(
-            os.path.join(args.data, f"{split}.csv"), m.frames, m.image_size)
+    recipe, config, clips, labels = demo.probe_set(args.data, args.config)
+    m = config.model
     rows = {}
     for name, feature in FEATURES.items():
         values = {split: feature(clips[split], m.tubelet, m.patch) for split in clips}

@@ -198,16 +198,23 @@ def table(rows: dict[str, dict], chance: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: str, data: str, config_spec: str) -> dict:
-    """Everything above; returns {'rows': {model: scores}, 'chance': ..., 'files': ...}."""
+def probe_set(data: str, config_spec: str) -> tuple[object, object, dict, dict]:
+    """(recipe module, its config, {split: uint8 clips}, {split: labels}) of the labelled
+    train and val videos the demo probes, written first unless already there."""
     recipe = cfglib.load_module(config_spec.split(":", 1)[0])
     write_data(data, SynthOptions(**recipe.SYNTH))
-    base = cfglib.build(config_spec, [("data.path", os.path.join(data, "train.csv"))])
-    m = base.model
+    config = cfglib.build(config_spec, [("data.path", os.path.join(data, "train.csv"))])
     clips, labels = {}, {}
     for split in ("train", "val"):
         clips[split], labels[split] = labelled_clips(os.path.join(data, f"{split}.csv"),
-                                                     m.frames, m.image_size)
+                                                     config.model.frames, config.model.image_size)
+    return recipe, config, clips, labels
+
+
+def run_demo(workdir: str, data: str, config_spec: str) -> dict:
+    """Everything above; returns {'rows': {model: scores}, 'chance': ..., 'files': ...}."""
+    recipe, base, clips, labels = probe_set(data, config_spec)
+    m = base.model
     log.info("probe set: %d train and %d val videos, %d frames at %d px", len(clips["train"]),
              len(clips["val"]), m.frames, m.image_size)
     probe_batch = recipe.PROBE_BATCH
