@@ -78,12 +78,8 @@ def bucket():
 
 
 def _upload(local: str, remote: str) -> None:
-    for root, _, files in os.walk(local):
-        for name in files:
-            source = os.path.join(root, name)
-            with open(source, "rb") as f, paths.open(
-                    paths.join(remote, os.path.relpath(source, local)), "wb") as g:
-                g.write(f.read())
+    for source in paths.walk_files(local):
+        paths.upload(source, paths.join(remote, os.path.relpath(source, local)))
 
 
 @pytest.fixture(params=["local", "bucket"])
